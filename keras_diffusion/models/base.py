@@ -1,0 +1,450 @@
+"""`DiffusionModel`: what every diffusion `keras.Model` here shares.
+
+A subclass supplies the process (how `t` is drawn and what `alpha(t)`,
+`sigma(t)` are) and the sampling tables. This base does the rest:
+
+- `call()` draws `t` and noise with `keras.random` and a `SeedGenerator`,
+  corrupts the batch and runs the network once; `compute_loss()` compares
+  the prediction with its target. So plain `compile()` + `fit()` trains on
+  TensorFlow, JAX and PyTorch, from numpy arrays, `tf.data` or a
+  `keras.utils.PyDataset`.
+- `generate()` runs a sampler's whole loop compiled once per backend
+  (`keras_diffusion.compile`), in chunks that drive a progress bar.
+
+Inputs to `fit()`: a float batch of images in [-1, 1], shape `(N, H, W, C)`,
+or for class-conditional models a dict `{"images": ..., "labels": ...}`.
+"""
+
+import math
+import secrets
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_diffusion.compile import CompiledLoop
+from keras_diffusion.datasets import validate_images
+from keras_diffusion.images import to_uint8
+from keras_diffusion.processes import append_dims
+from keras_diffusion.samplers import get_sampler
+from keras_diffusion.samplers import make_sampling_loop
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+LOSS_TYPES = ("mse", "mae")
+
+
+class DiffusionModel(keras.Model):
+    """Base class: a denoising network, a prediction type and a loss.
+
+    Args:
+        network: a Keras model mapping `[x_t, t]` (plus `labels` when
+            `num_classes` is set) to a prediction shaped like `x_t`.
+        prediction_type: what the network predicts: `"epsilon"` (the
+            noise), `"sample"` (the clean image) or `"v_prediction"`
+            (`alpha * eps - sigma * x0`, Salimans & Ho 2022).
+        loss_type: `"mse"` or `"mae"`.
+        min_snr_gamma: if set, weights each example's loss by
+            `min(SNR, gamma) / SNR` (expressed for the prediction type), as in
+            Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+            Weighting". `5.0` is the paper's choice.
+        num_classes: the number of class labels of a conditional network.
+            Label `num_classes` is the "no label" of classifier-free guidance.
+        label_dropout: during training, the probability of replacing a label
+            by the "no label" one, so that guidance works at generation.
+        image_shape: `(H, W, C)`; read from a functional network if omitted.
+        seed: seed of the training noise and timestep draws.
+    """
+
+    def __init__(
+        self,
+        network,
+        prediction_type="epsilon",
+        loss_type="mse",
+        min_snr_gamma=None,
+        num_classes=None,
+        label_dropout=0.1,
+        image_shape=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"Unknown prediction_type: {prediction_type!r}. Use one of {PREDICTION_TYPES}."
+            )
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss_type: {loss_type!r}. Use one of {LOSS_TYPES}.")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive or None. Received: {min_snr_gamma}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1). Received: {label_dropout}")
+        if image_shape is None:
+            inputs = getattr(network, "inputs", None)
+            if not inputs:
+                raise ValueError(
+                    "Cannot read the image shape from this network. Pass "
+                    "image_shape=(H, W, C) explicitly."
+                )
+            image_shape = tuple(inputs[0].shape[1:])
+        num_inputs = len(getattr(network, "inputs", None) or []) or None
+        if num_classes is None and num_inputs == 3:
+            raise ValueError(
+                "The network takes class labels; pass num_classes=... to the model."
+            )
+        self.network = network
+        self.prediction_type = prediction_type
+        self.loss_type = loss_type
+        self.min_snr_gamma = min_snr_gamma
+        self.num_classes = num_classes
+        self.label_dropout = float(label_dropout)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._sampling_loops = {}
+
+    # ----------------------------------------------------------------- process
+    def sample_noise_levels(self, batch_size):
+        """Draws training times: returns `(t, alpha, sigma)`, each `(batch,)`."""
+        raise NotImplementedError
+
+    def sampling_tables(self, sampler, num_steps, timestep_spacing):
+        """Returns numpy `(timesteps, alphas_cumprod, alphas_cumprod_prev)`."""
+        raise NotImplementedError
+
+    def alpha_sigma(self, t):
+        """Returns `(alpha_t, sigma_t)` tensors of shape `(batch,)` for times `t`."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- training
+    def _unpack(self, inputs):
+        if isinstance(inputs, dict):
+            images, labels = inputs.get("images"), inputs.get("labels")
+            if images is None:
+                raise ValueError(
+                    f"Dict inputs need an 'images' entry. Received keys: {sorted(inputs)}"
+                )
+        elif isinstance(inputs, (tuple, list)) and len(inputs) == 2:
+            images, labels = inputs
+        else:
+            images, labels = inputs, None
+        self._check_images(images)
+        if labels is None and self.num_classes is not None:
+            raise ValueError(
+                "This model is class-conditional: train it on "
+                "{'images': images, 'labels': labels}."
+            )
+        if labels is not None and self.num_classes is None:
+            raise ValueError(
+                "Labels were given to an unconditional model. Build the network "
+                "with num_classes=... and pass num_classes to the model, or drop the labels."
+            )
+        return images, labels
+
+    def _check_images(self, images):
+        shape = tuple(images.shape)
+        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"Expected images of shape (batch, {', '.join(map(str, self.image_shape))}); "
+                f"received shape {shape}. Resize or pad the data to the network's "
+                "image shape (keras_diffusion.datasets does this)."
+            )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if "float" not in dtype:
+            raise ValueError(
+                f"Expected float images in [-1, 1]; received dtype {dtype}. Convert "
+                "uint8 images with keras_diffusion.images.to_model_range."
+            )
+
+    def call(self, inputs, training=False):
+        """Noises a batch at random times and predicts; returns what the loss needs.
+
+        Returns:
+            A dict with `"prediction"`, `"target"` and per-example `"weight"`.
+        """
+        images, labels = self._unpack(inputs)
+        images = ops.cast(images, "float32")
+        batch = ops.shape(images)[0]
+        t, alpha, sigma = self.sample_noise_levels(batch)
+        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        a, s = append_dims(alpha, 4), append_dims(sigma, 4)
+        noisy = a * images + s * noise
+        network_inputs = [noisy, ops.cast(t, "float32")]
+        if labels is not None:
+            labels = ops.cast(labels, "int32")
+            if training and self.label_dropout > 0:
+                drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.label_dropout
+                labels = ops.where(drop, self.num_classes, labels)
+            network_inputs.append(labels)
+        prediction = self.network(network_inputs, training=training)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "sample":
+            target = images
+        else:
+            target = a * noise - s * images
+        return {"prediction": prediction, "target": target, "weight": self._loss_weight(alpha, sigma)}
+
+    def _loss_weight(self, alpha, sigma):
+        if self.min_snr_gamma is None:
+            return ops.ones_like(alpha)
+        snr = ops.square(alpha) / ops.square(sigma)
+        clipped = ops.minimum(snr, self.min_snr_gamma)
+        if self.prediction_type == "epsilon":
+            return clipped / snr
+        if self.prediction_type == "sample":
+            return clipped
+        return clipped / (snr + 1.0)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        error = ops.cast(y_pred["prediction"], "float32") - y_pred["target"]
+        error = ops.square(error) if self.loss_type == "mse" else ops.abs(error)
+        per_example = ops.mean(error, axis=(1, 2, 3)) * y_pred["weight"]
+        loss = ops.mean(per_example)
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def compile(self, optimizer=None, **kwargs):
+        """Compiles with the diffusion loss; defaults to AdamW with EMA.
+
+        Args:
+            optimizer: any Keras optimizer. The default is
+                `AdamW(2e-4, weight_decay=1e-4, use_ema=True, ema_momentum=0.999)`.
+                With `use_ema=True`, `fit()` ends by writing the averaged
+                weights into the model (Keras' `finalize_variable_values`), and
+                `generate()` uses them during training too.
+            **kwargs: passed to `keras.Model.compile` (not `loss`: the loss is
+                chosen by `loss_type` and `prediction_type`).
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "Diffusion models compute their own loss. Choose it with "
+                "loss_type='mse'|'mae' and prediction_type=... when building the model."
+            )
+        kwargs.pop("loss", None)
+        if optimizer is None:
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=2e-4, weight_decay=1e-4, use_ema=True, ema_momentum=0.999
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs)."""
+        images = x.get("images") if isinstance(x, dict) else x
+        if isinstance(images, np.ndarray):
+            validate_images(images, expected_shape=self.image_shape)
+        return super().fit(x, y, *args, **kwargs)
+
+    # -------------------------------------------------------------- generation
+    def _network_output(self, x, t, labels=None, guidance_scale=None):
+        t = ops.cast(t, "float32")
+        if labels is None:
+            return self.network([x, t], training=False)
+        if guidance_scale is None:
+            return self.network([x, t, labels], training=False)
+        null = ops.full_like(labels, self.num_classes)
+        both = self.network(
+            [ops.concatenate([x, x]), ops.concatenate([t, t]), ops.concatenate([labels, null])],
+            training=False,
+        )
+        conditional, unconditional = ops.split(both, 2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def predict_x0_eps(self, x, t, labels=None, guidance_scale=None):
+        """The network's estimate of the clean sample and of the noise at time `t`.
+
+        Args:
+            x: noisy samples `x_t`, `(batch, H, W, C)`.
+            t: times, `(batch,)`.
+            labels: int labels `(batch,)`, for a conditional model.
+            guidance_scale: classifier-free guidance scale (needs `labels`).
+
+        Returns:
+            `(x0_hat, eps_hat)`.
+        """
+        out = ops.cast(self._network_output(x, t, labels, guidance_scale), "float32")
+        alpha, sigma = self.alpha_sigma(t)
+        a, s = append_dims(alpha, 4), append_dims(sigma, 4)
+        if self.prediction_type == "epsilon":
+            return (x - s * out) / a, out
+        if self.prediction_type == "sample":
+            return out, (x - a * out) / s
+        return a * x - s * out, a * out + s * x
+
+    def _get_loop(self, sampler, clip_sample, stochastic, conditional, guided):
+        key = (sampler, clip_sample, stochastic, conditional, guided)
+        if key not in self._sampling_loops:
+
+            def predict(x, t, *cond):
+                labels = cond[0] if conditional else None
+                scale = cond[1] if guided else None
+                return self.predict_x0_eps(x, t, labels, scale)
+
+            loop = make_sampling_loop(predict, get_sampler(sampler), clip_sample, stochastic)
+            self._sampling_loops[key] = CompiledLoop(loop, self)
+        return self._sampling_loops[key]
+
+    def _check_generate_args(self, num_images, labels, guidance_scale, initial_noise):
+        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer. Received: {num_images!r}")
+        if self.num_classes is None and (labels is not None or guidance_scale is not None):
+            raise ValueError(
+                "labels and guidance_scale need a class-conditional model (built with "
+                "num_classes=...). This model is unconditional: drop them."
+            )
+        if guidance_scale is not None and labels is None:
+            raise ValueError("guidance_scale needs labels=... to guide towards.")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(
+                    f"labels must be {num_images} integers, one per image. "
+                    f"Received shape {labels.shape}, dtype {labels.dtype}."
+                )
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}). Received min {labels.min()}, max {labels.max()}."
+                )
+        if initial_noise is not None:
+            shape = tuple(np.shape(initial_noise))
+            if shape != (num_images,) + self.image_shape:
+                raise ValueError(
+                    f"initial_noise must have shape {(num_images,) + self.image_shape}; received {shape}."
+                )
+        return labels
+
+    def generate(
+        self,
+        num_images,
+        sampler="ddpm",
+        num_steps=None,
+        eta=0.0,
+        seed=None,
+        initial_noise=None,
+        labels=None,
+        guidance_scale=None,
+        timestep_spacing="leading",
+        clip_sample=False,
+        use_ema=True,
+        verbose=True,
+        return_float=False,
+    ):
+        """Generates images with a compiled sampling loop.
+
+        Args:
+            num_images: how many images.
+            sampler: `"ddpm"` (ancestral) or `"ddim"`.
+            num_steps: denoising steps; defaults to all training timesteps for
+                `"ddpm"` and 50 for `"ddim"`. At most the training timesteps.
+            eta: DDIM stochasticity (0 is deterministic).
+            seed: int; the same seed gives the same images on one backend.
+            initial_noise: `(num_images, H, W, C)` float array used instead
+                of the first noise draw (compare runs across backends or peers).
+            labels: int class labels, one per image (conditional models).
+            guidance_scale: classifier-free guidance scale (1 = conditional).
+            timestep_spacing: `"leading"`, `"trailing"` or `"linspace"`.
+            clip_sample: clip the predicted clean sample to [-1, 1] each step.
+            use_ema: sample with the optimizer's EMA weights when it keeps them.
+            verbose: show a progress bar.
+            return_float: return float32 images in [-1, 1] instead of uint8.
+
+        Returns:
+            uint8 numpy images `(num_images, H, W, C)`.
+
+        Example:
+        >>> images = model.generate(16, sampler="ddim", num_steps=50, seed=0)  # doctest: +SKIP
+        """
+        get_sampler(sampler)
+        labels = self._check_generate_args(num_images, labels, guidance_scale, initial_noise)
+        if num_steps is None:
+            num_steps = self.default_num_steps(sampler)
+        timesteps, alphas, alphas_prev = self.sampling_tables(sampler, num_steps, timestep_spacing)
+        if seed is None:
+            seed = secrets.randbelow(2**31 - 1)
+        if initial_noise is None:
+            shape = (num_images,) + self.image_shape
+            x = keras.random.normal(shape, seed=keras.random.SeedGenerator(seed))
+        else:
+            x = ops.convert_to_tensor(np.asarray(initial_noise, "float32"))
+        stochastic = sampler == "ddpm" or eta > 0
+        loop = self._get_loop(sampler, bool(clip_sample), stochastic, labels is not None, guidance_scale is not None)
+        cond = []
+        if labels is not None:
+            cond.append(ops.convert_to_tensor(labels.astype("int32")))
+        if guidance_scale is not None:
+            cond.append(ops.convert_to_tensor(float(guidance_scale), "float32"))
+        # A separate stream from the initial noise's, for the per-step noise.
+        loop_seed = keras.random.SeedGenerator((seed * 7919 + 104729) % (2**31 - 1)).next()
+        tables = [ops.convert_to_tensor(a) for a in (timesteps.astype("int32"), alphas, alphas_prev)]
+        eta = ops.convert_to_tensor(float(eta), "float32")
+
+        num_steps = len(timesteps)
+        chunk = max(1, math.ceil(num_steps / 20))
+        progbar = keras.utils.Progbar(num_steps, unit_name="step") if verbose else None
+        with self._ema_weights(use_ema):
+            for start in range(0, num_steps, chunk):
+                stop = min(start + chunk, num_steps)
+                x = loop(
+                    x, *tables, eta, loop_seed,
+                    ops.convert_to_tensor(start, "int32"), ops.convert_to_tensor(stop, "int32"), *cond,
+                )
+                if progbar is not None:
+                    progbar.update(stop)
+        x = ops.convert_to_numpy(x)
+        return x.astype("float32") if return_float else to_uint8(x)
+
+    def default_num_steps(self, sampler):
+        """The number of steps `generate` takes when `num_steps` is None."""
+        raise NotImplementedError
+
+    def _ema_weights(self, use_ema):
+        return _EMASwap(self, use_ema)
+
+    # ------------------------------------------------------------ serialization
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "prediction_type": self.prediction_type,
+                "loss_type": self.loss_type,
+                "min_snr_gamma": self.min_snr_gamma,
+                "num_classes": self.num_classes,
+                "label_dropout": self.label_dropout,
+                "image_shape": self.image_shape,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
+
+
+class _EMASwap:
+    """Context manager: the optimizer's EMA weights in the model, then the raw ones back.
+
+    Keras optimizers with `use_ema=True` keep the average in private
+    variables and copy it into the model only when `fit()` ends. Sampling
+    during training (a sample-grid callback) should see the average too.
+    """
+
+    def __init__(self, model, enabled):
+        optimizer = getattr(model, "optimizer", None)
+        averages = getattr(optimizer, "_model_variables_moving_average", None) if optimizer else None
+        self.pairs = []
+        if enabled and optimizer is not None and optimizer.use_ema and averages:
+            self.pairs = list(zip(model.trainable_variables, averages))
+
+    def __enter__(self):
+        self.saved = [ops.copy(v.value) for v, _ in self.pairs]
+        for variable, average in self.pairs:
+            variable.assign(average)
+
+    def __exit__(self, *exc):
+        for (variable, _), value in zip(self.pairs, self.saved):
+            variable.assign(value)
+        return False

@@ -1,0 +1,78 @@
+"""`DDPM`: denoising diffusion probabilistic models (Ho et al. 2020)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_diffusion.models.base import DiffusionModel
+from keras_diffusion.processes import DiscreteVPSchedule
+
+
+@keras.saving.register_keras_serializable(package="keras_diffusion")
+class DDPM(DiffusionModel):
+    """A DDPM: a network on the discrete VP schedule, trained with `fit()`.
+
+    Training draws integer timesteps uniformly from `[0, T)` and noise from
+    `keras.random` (seeded `SeedGenerator`), so `compile()` + `fit()` work
+    unchanged on TensorFlow, JAX and PyTorch. `generate()` samples with
+    DDPM ancestral steps or DDIM, using the optimizer's EMA weights when the
+    optimizer keeps them (`use_ema=True`, the default of `compile()`).
+
+    Args:
+        network: a Keras model mapping `[x_t, t]` (plus `labels`) to a
+            prediction shaped like `x_t`; see `keras_diffusion.networks`.
+        schedule: a `DiscreteVPSchedule`; the default is the linear one of
+            Ho et al. (1e-4 to 0.02, T=1000).
+        **kwargs: `prediction_type`, `loss_type`, `min_snr_gamma`,
+            `num_classes`, `label_dropout`, `image_shape`, `seed`: see
+            `DiffusionModel`.
+
+    Example:
+    >>> from keras_diffusion.networks import build_unet
+    >>> net = build_unet((16, 16, 1), widths=(8, 16), num_res_blocks=1,
+    ...                  attention_resolutions=(), norm_groups=4)
+    >>> model = DDPM(net, DiscreteVPSchedule("cosine"))
+    >>> model.compile()
+    >>> x = np.random.uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
+    >>> _ = model.fit(x, epochs=1, batch_size=4, verbose=0)
+    >>> model.generate(2, sampler="ddim", num_steps=5, seed=0, verbose=0).shape
+    (2, 16, 16, 1)
+    """
+
+    def __init__(self, network, schedule=None, **kwargs):
+        super().__init__(network, **kwargs)
+        self.schedule = schedule if schedule is not None else DiscreteVPSchedule()
+
+    def sample_noise_levels(self, batch_size):
+        T = self.schedule.num_train_timesteps
+        t = keras.random.randint((batch_size,), 0, T, seed=self.seed_generator)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return t, alpha, sigma
+
+    def alpha_sigma(self, t):
+        return self.schedule.alpha_sigma(ops.cast(t, "int32"))
+
+    def default_num_steps(self, sampler):
+        return self.schedule.num_train_timesteps if sampler == "ddpm" else 50
+
+    def sampling_tables(self, sampler, num_steps, timestep_spacing):
+        """Timesteps and `alphas_cumprod` at each step and at the step after it.
+
+        The step after the last one has `alphas_cumprod = 1` (diffusers'
+        `set_alpha_to_one=True`): the loop ends on the clean sample.
+        """
+        timesteps = self.schedule.inference_timesteps(num_steps, timestep_spacing)
+        alphas = self.schedule.alphas_cumprod[timesteps]
+        alphas_prev = np.append(alphas[1:], 1.0)
+        return timesteps, alphas.astype("float32"), alphas_prev.astype("float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config["schedule"] = self.schedule.get_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = DiscreteVPSchedule.from_config(config["schedule"])
+        return super().from_config(config)
