@@ -262,6 +262,7 @@ class DiffusionModel(keras.Model):
         Returns:
             `(x0_hat, eps_hat)`.
         """
+        x = ops.convert_to_tensor(x, "float32")
         out = ops.cast(self._network_output(x, t, labels, guidance_scale), "float32")
         alpha, sigma = self.alpha_sigma(t)
         a, s = append_dims(alpha, 4), append_dims(sigma, 4)

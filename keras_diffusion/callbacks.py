@@ -1,0 +1,94 @@
+"""Keras callbacks for diffusion training.
+
+`SampleGrid` writes a grid of generated samples every few epochs, so
+training progress can be watched as PNG files.
+
+Checkpointing and resuming an interrupted run needs nothing extra here: use
+Keras' own `keras.callbacks.BackupAndRestore(backup_dir)`, which restores
+the weights, optimizer state and epoch counter when `fit` is called again.
+"""
+
+import os
+
+import keras
+
+from .images import save_grid
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Saves a PNG grid of `model.generate(...)` samples during training.
+
+    Every `every_n_epochs` epochs, and always after the last epoch, calls
+    `model.generate(num_images, sampler=sampler, num_steps=num_steps,
+    seed=seed, **generate_kwargs)` (which must return uint8 (N, H, W, C))
+    and writes `directory/epoch_{epoch:04d}.png` (1-based epoch number).
+    The same seed is used each time, so successive grids show the same noise
+    being denoised by a better and better model.
+
+    Args:
+        directory: folder for the PNGs; created when training begins.
+        every_n_epochs: save every this many epochs.
+        num_images: samples per grid.
+        seed: sampling seed.
+        sampler: sampler name passed to `generate`.
+        num_steps: sampling steps passed to `generate`.
+        **generate_kwargs: any other arguments for `generate`.
+
+    Attributes:
+        paths: list of the PNG files written so far.
+
+    Example:
+        >>> model.fit(images, epochs=20,
+        ...           callbacks=[SampleGrid("samples/", every_n_epochs=5)])
+    """
+
+    def __init__(
+        self,
+        directory,
+        every_n_epochs=1,
+        num_images=16,
+        seed=0,
+        sampler="ddim",
+        num_steps=50,
+        **generate_kwargs,
+    ):
+        super().__init__()
+        for name, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("num_images", num_images),
+            ("num_steps", num_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        self.directory = os.fspath(directory)
+        self.every_n_epochs = every_n_epochs
+        self.num_images = num_images
+        self.seed = seed
+        self.sampler = sampler
+        self.num_steps = num_steps
+        self.generate_kwargs = generate_kwargs
+        self.paths = []
+
+    def on_train_begin(self, logs=None):
+        if not callable(getattr(self.model, "generate", None)):
+            raise TypeError(
+                f"SampleGrid needs a model with a `generate()` method, but "
+                f"{type(self.model).__name__} has none. Use it with a "
+                "keras-diffusion model, or remove the callback."
+            )
+        os.makedirs(self.directory, exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        number = epoch + 1
+        last = (self.params or {}).get("epochs")
+        if number % self.every_n_epochs and number != last:
+            return
+        images = self.model.generate(
+            self.num_images,
+            sampler=self.sampler,
+            num_steps=self.num_steps,
+            seed=self.seed,
+            **self.generate_kwargs,
+        )
+        path = os.path.join(self.directory, f"epoch_{number:04d}.png")
+        self.paths.append(save_grid(path, images))
