@@ -228,12 +228,27 @@ class DiffusionModel(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model with its saved optimizer (and its EMA state)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs)."""
         images = x.get("images") if isinstance(x, dict) else x
         if isinstance(images, np.ndarray):
             validate_images(images, expected_shape=self.image_shape)
-        return super().fit(x, y, *args, **kwargs)
+        history = super().fit(x, y, *args, **kwargs)
+        if getattr(self.optimizer, "use_ema", False):
+            # fit() ends by assigning the EMA variables' values to the model's.
+            # On JAX both then hold one buffer, and the next fit() fails with
+            # "Attempt to donate the same buffer twice"; give the model a copy.
+            for variable in self.trainable_variables:
+                variable.assign(ops.copy(variable.value))
+        return history
 
     # -------------------------------------------------------------- generation
     def _network_output(self, x, t, labels=None, guidance_scale=None):

@@ -1,0 +1,165 @@
+"""Tests for keras_diffusion.networks: embeddings, attention and the U-Net."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_diffusion.networks import (
+    UNET_PRESETS,
+    SinusoidalEmbedding,
+    SpatialSelfAttention,
+    build_unet,
+    unet_from_preset,
+)
+
+TINY = dict(
+    image_shape=(16, 16, 1),
+    widths=(8, 16),
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    norm_groups=4,
+)
+
+
+def _inputs(batch=2, num_classes=None, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, 16, 16, 1)).astype("float32")
+    t = rng.uniform(0, 999, size=(batch,)).astype("float32")
+    if num_classes is None:
+        return [x, t]
+    # The last label is the null label used for classifier-free guidance.
+    labels = np.array([0, num_classes], dtype="int32")[:batch]
+    return [x, t, labels]
+
+
+def _randomize_head(model):
+    """The head conv is zero-initialised; give it weights so outputs vary."""
+    layer = model.get_layer("out_conv")
+    rng = np.random.default_rng(1)
+    layer.set_weights(
+        [rng.normal(0, 0.1, w.shape).astype("float32") for w in layer.get_weights()]
+    )
+
+
+def test_unconditional_unet_shape_and_dtype():
+    model = build_unet(**TINY)
+    assert [i.name for i in model.inputs] == ["x", "t"]
+    out = keras.ops.convert_to_numpy(model(_inputs()))
+    assert out.shape == (2, 16, 16, 1)
+    assert out.dtype == np.float32
+    # Zero-initialised head: an untrained network predicts exactly zero.
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_conditional_unet_shape_and_label_effect():
+    model = build_unet(**TINY, num_classes=3)
+    assert [i.name for i in model.inputs] == ["x", "t", "labels"]
+    _randomize_head(model)
+    x, t, labels = _inputs(num_classes=3)
+    out = keras.ops.convert_to_numpy(model([x, t, labels]))
+    assert out.shape == (2, 16, 16, 1)
+    assert out.dtype == np.float32
+    other = keras.ops.convert_to_numpy(model([x, t, labels[::-1].copy()]))
+    assert not np.allclose(out, other)
+
+
+def test_sinusoidal_embedding_matches_numpy():
+    dim, max_period = 16, 10000.0
+    t = np.array([0.0, 1.0, 17.5, 999.0], dtype="float32")
+    out = keras.ops.convert_to_numpy(SinusoidalEmbedding(dim, max_period)(t))
+    half = dim // 2
+    freqs = np.exp(-math.log(max_period) * np.arange(half) / half)
+    args = t[:, None].astype("float64") * freqs[None, :]
+    expected = np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+    assert out.shape == (4, dim)
+    np.testing.assert_allclose(out, expected, atol=2e-4)
+
+
+def test_sinusoidal_embedding_config_round_trip():
+    layer = SinusoidalEmbedding(32, max_period=100.0)
+    clone = SinusoidalEmbedding.from_config(layer.get_config())
+    assert (clone.dim, clone.max_period) == (32, 100.0)
+
+
+@pytest.mark.parametrize("dim", [0, 7, 8.0])
+def test_sinusoidal_embedding_rejects_bad_dim(dim):
+    with pytest.raises(ValueError, match="`dim` must be a positive even integer"):
+        SinusoidalEmbedding(dim)
+
+
+def test_attention_shape_and_dependence_on_input():
+    layer = SpatialSelfAttention(groups=4, num_heads=2)
+    x = keras.random.normal((2, 4, 4, 8), seed=0)
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert out.shape == (2, 4, 4, 8)
+    assert layer.compute_output_shape((2, 4, 4, 8)) == (2, 4, 4, 8)
+    # The attention branch must contribute, not just the residual.
+    assert not np.allclose(out, keras.ops.convert_to_numpy(x))
+    x2 = keras.ops.convert_to_numpy(x).copy()
+    x2[:, 0, 0, :] += 1.0
+    out2 = keras.ops.convert_to_numpy(layer(x2))
+    # Attention is global: a change at one pixel moves the others too.
+    assert not np.allclose(out[:, 1:, 1:], out2[:, 1:, 1:])
+
+
+def test_attention_rejects_heads_not_dividing_channels():
+    with pytest.raises(ValueError, match="not divisible by `num_heads`=3"):
+        SpatialSelfAttention(groups=4, num_heads=3)(keras.ops.zeros((1, 4, 4, 8)))
+
+
+def test_mnist_small_preset_param_count():
+    model = unet_from_preset("mnist_small")
+    assert 1_000_000 <= model.count_params() <= 2_000_000
+    assert model.output.shape == (None, 32, 32, 1)
+
+
+def test_ddpm_keras_io_preset_config():
+    # Building the 63M-parameter network is too slow for unit tests.
+    assert UNET_PRESETS["ddpm_keras_io"] == {
+        "image_shape": (64, 64, 3),
+        "widths": (64, 128, 256, 512),
+        "num_res_blocks": 2,
+        "attention_resolutions": (16, 8),
+        "norm_groups": 8,
+    }
+
+
+def test_preset_overrides_and_unknown_name():
+    model = unet_from_preset("mnist_small", num_classes=10, name="digits")
+    assert model.name == "digits"
+    assert [i.name for i in model.inputs] == ["x", "t", "labels"]
+    with pytest.raises(ValueError, match="Known presets: .*mnist_small"):
+        unet_from_preset("nope")
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    model = build_unet(**TINY, num_classes=3)
+    _randomize_head(model)
+    inputs = _inputs(num_classes=3)
+    expected = keras.ops.convert_to_numpy(model(inputs))
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(restored(inputs)), expected
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(image_shape=(18, 18, 1), widths=(8, 16, 16)), r"divisible by 2\*\*"),
+        (dict(widths=(8, 12)), r"multiple of `norm_groups`=4"),
+        (dict(widths=()), r"`widths` must list at least one"),
+        (dict(dropout=-0.1), r"`dropout` must be in \[0, 1\), got -0.1"),
+        (dict(attention_resolutions=(4,)), r"valid resolutions .* \[16, 8\]"),
+        (dict(num_res_blocks=0), r"`num_res_blocks` must be a positive"),
+        (dict(num_classes=0), r"`num_classes` must be None or a positive"),
+        (dict(image_shape=(16, 16)), r"`image_shape` must be \(height, width"),
+    ],
+)
+def test_build_unet_rejects_bad_arguments(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_unet(**{**TINY, **overrides})
