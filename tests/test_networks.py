@@ -151,7 +151,7 @@ def test_keras_save_load_round_trip(tmp_path):
     "overrides, message",
     [
         (dict(image_shape=(18, 18, 1), widths=(8, 16, 16)), r"divisible by 2\*\*"),
-        (dict(widths=(8, 12)), r"multiple of `norm_groups`=4"),
+        (dict(widths=(8, 10)), r"multiple of `norm_groups`=4"),
         (dict(widths=()), r"`widths` must list at least one"),
         (dict(dropout=-0.1), r"`dropout` must be in \[0, 1\), got -0.1"),
         (dict(attention_resolutions=(4,)), r"valid resolutions .* \[16, 8\]"),

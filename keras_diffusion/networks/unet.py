@@ -270,7 +270,7 @@ def build_unet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def unet_from_preset(name, **overrides):
+def unet_from_preset(name, /, **overrides):
     """Build a U-Net from a named configuration in `UNET_PRESETS`.
 
     Args:
@@ -278,7 +278,8 @@ def unet_from_preset(name, **overrides):
             keras.io DDPM network) or `"mnist_small"` (32x32 grayscale, fast
             on CPU).
         **overrides: `build_unet` arguments replacing the preset's values,
-            e.g. `num_classes=10`.
+            e.g. `num_classes=10` (`name=` names the model, since the
+            preset name is positional-only).
 
     Returns:
         The functional `keras.Model` returned by `build_unet`.
