@@ -23,7 +23,7 @@ class SpatialSelfAttention(keras.layers.Layer):
 
     Example:
     >>> attn = SpatialSelfAttention(groups=4, num_heads=2)
-    >>> attn(keras.random.normal((2, 8, 8, 16))).shape
+    >>> tuple(attn(keras.random.normal((2, 8, 8, 16))).shape)
     (2, 8, 8, 16)
     """
 

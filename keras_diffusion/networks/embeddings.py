@@ -27,7 +27,7 @@ class SinusoidalEmbedding(keras.layers.Layer):
 
     Example:
     >>> emb = SinusoidalEmbedding(64)
-    >>> emb(keras.ops.array([0.0, 10.0, 999.0])).shape
+    >>> tuple(emb(keras.ops.array([0.0, 10.0, 999.0])).shape)
     (3, 64)
     """
 

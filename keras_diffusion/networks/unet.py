@@ -6,6 +6,8 @@ made of registered layers, it saves to and loads from `.keras` files without
 custom Model classes.
 """
 
+import numbers
+
 import keras
 from keras import layers
 
@@ -13,7 +15,7 @@ from keras_diffusion.networks.attention import SpatialSelfAttention
 from keras_diffusion.networks.embeddings import SinusoidalEmbedding
 
 UNET_PRESETS = {
-    # The network of the keras.io DDPM example (about 35M parameters).
+    # The network of the keras.io DDPM example (63.2M parameters).
     "ddpm_keras_io": {
         "image_shape": (64, 64, 3),
         "widths": (64, 128, 256, 512),
@@ -21,11 +23,12 @@ UNET_PRESETS = {
         "attention_resolutions": (16, 8),
         "norm_groups": 8,
     },
-    # A ~1.8M-parameter network for 32x32 grayscale digits, chosen for its
-    # training throughput on small CPUs (see the networks tests/benchmarks).
+    # 1.7M parameters for 32x32 grayscale digits. Narrow high-resolution
+    # levels and the parameters at 8x8/4x4 keep a CPU training step cheap:
+    # about 1.5-2x faster than (32, 64, 64) or (24, 48, 96) on 2 cores.
     "mnist_small": {
         "image_shape": (32, 32, 1),
-        "widths": (32, 64, 128),
+        "widths": (16, 32, 64, 96),
         "num_res_blocks": 1,
         "attention_resolutions": (8,),
         "norm_groups": 8,
@@ -45,7 +48,7 @@ def _validate_args(
 ):
     """Raise a ValueError naming the first bad argument of `build_unet`."""
     if len(image_shape) != 3 or any(
-        not isinstance(d, int) or d < 1 for d in image_shape
+        not isinstance(d, numbers.Integral) or d < 1 for d in image_shape
     ):
         raise ValueError(
             "`image_shape` must be (height, width, channels) of positive "
@@ -61,17 +64,17 @@ def _validate_args(
             f"`norm_groups` must be a positive integer, got {norm_groups!r}."
         )
     for width in widths:
-        if not isinstance(width, int) or width < 1 or width % norm_groups:
+        if not isinstance(width, numbers.Integral) or width < 1 or width % norm_groups:
             raise ValueError(
                 f"Every width must be a positive multiple of "
                 f"`norm_groups`={norm_groups}, got widths={widths!r}. Change "
                 "the widths or norm_groups so that each width divides evenly."
             )
     factor = 2 ** (len(widths) - 1)
-    height, width = image_shape[:2]
-    if height % factor or width % factor:
+    height, image_width = image_shape[:2]
+    if height % factor or image_width % factor:
         raise ValueError(
-            f"Image height and width {(height, width)} must be divisible by "
+            f"Image height and width {(height, image_width)} must be divisible by "
             f"2**(len(widths) - 1) = {factor}, because the U-Net halves them "
             f"{len(widths) - 1} times. Resize/pad the images or use fewer "
             "widths."
@@ -179,7 +182,7 @@ def build_unet(
     >>> model = build_unet((16, 16, 1), widths=(8, 16), norm_groups=4,
     ...                    attention_resolutions=(8,))
     >>> x = keras.random.normal((2, 16, 16, 1))
-    >>> model([x, keras.ops.array([1.0, 500.0])]).shape
+    >>> tuple(model([x, keras.ops.array([1.0, 500.0])]).shape)
     (2, 16, 16, 1)
     """
     image_shape = tuple(image_shape)
@@ -197,12 +200,6 @@ def build_unet(
     )
     emb_dim = time_embedding_dim or 4 * widths[0]
     height = image_shape[0]
-
-    def block(x, width, name):
-        return _residual_block(x, temb, width, norm_groups, dropout, name)
-
-    def attention(x, name):
-        return SpatialSelfAttention(groups=norm_groups, name=name)(x)
 
     x_in = keras.Input(image_shape, dtype="float32", name="x")
     t_in = keras.Input((), dtype="float32", name="t")
@@ -222,6 +219,12 @@ def build_unet(
     # Every residual block starts its time projection with swish; apply it
     # once here instead of in each block.
     temb = layers.Activation("swish", name="time_swish")(temb)
+
+    def block(x, width, name):
+        return _residual_block(x, temb, width, norm_groups, dropout, name)
+
+    def attention(x, name):
+        return SpatialSelfAttention(groups=norm_groups, name=name)(x)
 
     x = layers.Conv2D(widths[0], 3, padding="same", name="stem")(x_in)
     skips = [x]

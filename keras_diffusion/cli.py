@@ -1,0 +1,540 @@
+"""The command-line interface: `python -m keras_diffusion train|sample`.
+
+`train ddpm` loads a dataset, builds a U-Net from a preset, trains a `DDPM`
+with Keras' `fit()` (resuming an interrupted run from `OUT/backup`), saves
+`OUT/model.keras`, a grid of samples `OUT/samples.png` and `OUT/train_log.json`.
+`sample` loads a saved model and writes a grid of new samples.
+
+Arguments are parsed before Keras is imported, so that `--backend` can pick
+the Keras backend (Keras reads `KERAS_BACKEND` once, when it is imported).
+
+Example:
+    $ python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist
+    $ python -m keras_diffusion sample --model runs/mnist/model.keras \\
+          --num-images 16 --out grid.png --backend jax
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+
+BACKENDS = ("jax", "tensorflow", "torch")
+# These mirror the library's tables (checked by tests/test_cli.py); they are
+# spelled out here because reading them would import Keras before --backend
+# is known.
+DATASETS = ("mnist", "digits", "keras_mnist", "fashion_mnist", "cifar10")
+SAMPLERS = ("ddim", "ddpm")
+BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+LOSS_TYPES = ("mse", "mae")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the examples in descriptions as written.
+
+    A `None` default is left out: those flags' help says what leaving them
+    out does.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _momentum(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def _int_list(text):
+    """'32,64,128' -> (32, 64, 128); '' -> ()."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as '32,64,128', got {text!r}"
+        ) from None
+
+
+def _add_common_args(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend; by default the KERAS_BACKEND environment variable, "
+        "else Keras' configured one (~/.keras/keras.json)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; the same seed gives the same result on one backend",
+    )
+
+
+def _add_sampling_args(parser):
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
+    group.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=50,
+        help="denoising steps, at most the model's training timesteps",
+    )
+    group.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM stochasticity (0 is deterministic)"
+    )
+    group.add_argument(
+        "--timestep-spacing",
+        choices=TIMESTEP_SPACINGS,
+        default="leading",
+        help="how the sampling steps are spread over the training timesteps (as in diffusers)",
+    )
+    return group
+
+
+def build_parser():
+    """Returns the `argparse` parser of the `keras-diffusion` command.
+
+    Example:
+    >>> build_parser().parse_args(["sample", "--model", "m.keras", "--out", "g.png"]).steps
+    50
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_diffusion",
+        description="Train diffusion models and sample from them.\n\n"
+        "Examples:\n"
+        "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
+        "  python -m keras_diffusion sample --model runs/mnist/model.keras --out grid.png\n\n"
+        "Run `python -m keras_diffusion COMMAND --help` for the flags of each command.",
+        formatter_class=_Formatter,
+    )
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a diffusion model",
+        description="Trains a diffusion model, saves it with a grid of samples. "
+        "Re-running an interrupted command resumes from the last finished epoch.\n\n"
+        "Example:\n  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist",
+        formatter_class=_Formatter,
+    )
+    train.add_argument("model", choices=("ddpm",), help="the kind of model to train")
+    train.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created if missing; its parent must exist) for "
+        "model.keras, samples.png, train_log.json, backup/ and samples/",
+    )
+    _add_common_args(train)
+
+    data = train.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default="mnist",
+        help=f"one of {', '.join(DATASETS)} (mnist and digits work offline; the "
+        "others are downloaded by keras.datasets) or the path of a folder of images",
+    )
+    data.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=None,
+        help="image height and width (default: the network preset's)",
+    )
+    data.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="for an image folder: 1 (grayscale) or 3 (RGB) (default: the network preset's)",
+    )
+    data.add_argument(
+        "--num-train-images",
+        type=_positive_int,
+        default=None,
+        help="train on this many images, a seeded random subset (default: all)",
+    )
+
+    net = train.add_argument_group("network (the image shape always follows the data)")
+    net.add_argument(
+        "--network",
+        default="mnist_small",
+        help="U-Net preset of keras_diffusion.networks.UNET_PRESETS, e.g. "
+        "mnist_small (32x32x1, fast on CPU) or ddpm_keras_io (64x64x3)",
+    )
+    net.add_argument(
+        "--widths",
+        type=_int_list,
+        default=None,
+        help="channels of each U-Net level, comma-separated, e.g. 32,64,128 (default: the preset's)",
+    )
+    net.add_argument(
+        "--num-res-blocks",
+        type=_positive_int,
+        default=None,
+        help="residual blocks per level (default: the preset's)",
+    )
+    net.add_argument(
+        "--attention-resolutions",
+        type=_int_list,
+        default=None,
+        help="feature-map heights with self-attention, comma-separated; '' for "
+        "none (default: the preset's)",
+    )
+    net.add_argument(
+        "--norm-groups",
+        type=_positive_int,
+        default=None,
+        help="GroupNormalization groups; must divide every width (default: the preset's)",
+    )
+
+    diffusion = train.add_argument_group("diffusion")
+    diffusion.add_argument(
+        "--beta-schedule", choices=BETA_SCHEDULES, default="cosine", help="noise schedule"
+    )
+    diffusion.add_argument(
+        "--timesteps", type=_positive_int, default=1000, help="training timesteps T"
+    )
+    diffusion.add_argument(
+        "--prediction-type",
+        choices=PREDICTION_TYPES,
+        default="epsilon",
+        help="what the network predicts: the noise, the clean image or v",
+    )
+    diffusion.add_argument("--loss", choices=LOSS_TYPES, default="mse", help="training loss")
+    diffusion.add_argument(
+        "--min-snr-gamma",
+        type=_positive_float,
+        default=None,
+        help="Min-SNR loss weighting gamma, 5 in Hang et al. 2023 (default: off)",
+    )
+
+    optim = train.add_argument_group("optimization")
+    optim.add_argument("--epochs", type=_positive_int, default=4, help="training epochs")
+    optim.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    optim.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=2e-3,
+        help="AdamW learning rate (weight decay 1e-4)",
+    )
+    optim.add_argument(
+        "--ema",
+        type=_momentum,
+        default=0.99,
+        help="momentum of the exponential moving average of the weights that "
+        "is saved and sampled from; 0 turns it off. Its time scale is "
+        "1 / (1 - EMA) steps: keep it well below the number of training steps",
+    )
+    optim.add_argument(
+        "--sample-every",
+        type=_non_negative_int,
+        default=0,
+        help="also write OUT/samples/epoch_NNNN.png every this many epochs (0: never)",
+    )
+
+    _add_sampling_args(train).add_argument(
+        "--num-samples", type=_positive_int, default=64, help="images in OUT/samples.png"
+    )
+
+    sample = commands.add_parser(
+        "sample",
+        help="generate images with a trained model",
+        description="Loads a model saved by `train` (or any keras-diffusion model "
+        "saved as .keras) and writes a grid of generated images.\n\n"
+        "Example:\n  python -m keras_diffusion sample --model runs/mnist/model.keras "
+        "--out grid.png",
+        formatter_class=_Formatter,
+    )
+    sample.add_argument("--model", required=True, help="the .keras model file")
+    sample.add_argument("--out", required=True, help="PNG file for the grid; its folder must exist")
+    _add_common_args(sample)
+    _add_sampling_args(sample).add_argument(
+        "--num-images", type=_positive_int, default=64, help="how many images in the grid"
+    )
+    return parser
+
+
+def _select_backend(name):
+    """Makes Keras use backend `name` (None: leave the environment's choice)."""
+    if name is None:
+        return
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise ValueError(
+                f"Keras is already imported with the {keras.backend.backend()!r} backend, "
+                f"so --backend {name} cannot take effect. Run the command in a new process."
+            )
+    os.environ["KERAS_BACKEND"] = name
+
+
+def _check_parent(path, what):
+    """Fails fast (before any training) if `path` cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(
+            f"The folder {parent!r} for the {what} {path!r} does not exist. Create it "
+            "first or choose another path."
+        )
+
+
+def _replace_atomically(path, write):
+    """Calls `write(tmp_path)` on a temp file next to `path`, then renames it to `path`.
+
+    The temp name keeps the extension, because `Model.save` picks the
+    format from it. A failed write leaves `path` as it was.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+
+    return _replace_atomically(path, write)
+
+
+def _train(args):
+    out = args.out
+    _check_parent(out, "output folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out!r} is a file; pass a folder.")
+
+    import keras
+
+    from keras_diffusion.callbacks import SampleGrid
+    from keras_diffusion.datasets import load_dataset
+    from keras_diffusion.images import save_grid
+    from keras_diffusion.models import DDPM
+    from keras_diffusion.networks import UNET_PRESETS, unet_from_preset
+    from keras_diffusion.processes import DiscreteVPSchedule
+
+    if args.network not in UNET_PRESETS:
+        raise ValueError(
+            f"Unknown --network {args.network!r}. Known presets: {', '.join(sorted(UNET_PRESETS))}."
+        )
+    schedule = DiscreteVPSchedule(args.beta_schedule, num_train_timesteps=args.timesteps)
+    # Checks --steps against --timesteps now rather than after training.
+    schedule.inference_timesteps(args.steps, args.timestep_spacing)
+    os.makedirs(out, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+
+    preset_shape = UNET_PRESETS[args.network]["image_shape"]
+    image_size = args.image_size or preset_shape[0]
+    if args.dataset in DATASETS:
+        loader_args = {"num_images": args.num_train_images, "seed": args.seed}
+    else:
+        loader_args = {
+            "channels": args.channels or preset_shape[-1],
+            "max_images": args.num_train_images,
+        }
+    print(f"Loading {args.dataset} at {image_size}x{image_size}...")
+    images, _ = load_dataset(args.dataset, image_size=image_size, **loader_args)
+
+    overrides = {
+        "widths": args.widths,
+        "num_res_blocks": args.num_res_blocks,
+        "attention_resolutions": args.attention_resolutions,
+        "norm_groups": args.norm_groups,
+    }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    image_shape = tuple(int(d) for d in images.shape[1:])
+    network = unet_from_preset(args.network, image_shape=image_shape, **overrides)
+    model = DDPM(
+        network,
+        schedule,
+        prediction_type=args.prediction_type,
+        loss_type=args.loss,
+        min_snr_gamma=args.min_snr_gamma,
+        seed=args.seed,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=args.learning_rate,
+            weight_decay=1e-4,
+            use_ema=args.ema > 0,
+            ema_momentum=args.ema,
+        )
+    )
+    print(
+        f"Training a DDPM ({network.count_params():,} parameters) on {len(images):,} "
+        f"images of shape {image_shape} with the {keras.backend.backend()} backend."
+    )
+    epoch_seconds = {}
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epoch_seconds.update({epoch: time.perf_counter()}),
+        on_epoch_end=lambda epoch, logs: epoch_seconds.update(
+            {epoch: time.perf_counter() - epoch_seconds[epoch]}
+        ),
+    )
+    callbacks = [timer, keras.callbacks.BackupAndRestore(os.path.join(out, "backup"))]
+    if args.sample_every:
+        callbacks.append(
+            SampleGrid(
+                os.path.join(out, "samples"),
+                every_n_epochs=args.sample_every,
+                num_images=args.num_samples,
+                seed=args.seed,
+                sampler=args.sampler,
+                num_steps=args.steps,
+                eta=args.eta,
+                timestep_spacing=args.timestep_spacing,
+            )
+        )
+    # BackupAndRestore refuses an unbuilt model, and fit() builds it only
+    # after the callbacks' on_train_begin.
+    model.build((None,) + image_shape)
+    start = time.perf_counter()
+    history = model.fit(
+        images, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
+        callbacks=callbacks, verbose=1,
+    )
+    train_seconds = time.perf_counter() - start
+    # After a resume, `history` holds only the epochs run by this process.
+    images_per_second = len(images) * len(history.epoch) / train_seconds
+
+    model_path = _replace_atomically(os.path.join(out, "model.keras"), model.save)
+    print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
+    start = time.perf_counter()
+    samples = model.generate(
+        args.num_samples,
+        sampler=args.sampler,
+        num_steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        timestep_spacing=args.timestep_spacing,
+        verbose=True,
+    )
+    sample_seconds = time.perf_counter() - start
+    grid_path = save_grid(os.path.join(out, "samples.png"), samples)
+    log = {
+        "args": vars(args),
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "num_train_images": len(images),
+        "image_shape": list(image_shape),
+        "num_parameters": network.count_params(),
+        "epochs": [
+            {"epoch": epoch + 1, "loss": float(loss), "seconds": round(epoch_seconds[epoch], 3)}
+            for epoch, loss in zip(history.epoch, history.history["loss"])
+        ],
+        "train_seconds": round(train_seconds, 3),
+        "images_per_second": round(images_per_second, 3),
+        "sample_seconds": round(sample_seconds, 3),
+        "model": model_path,
+        "samples": grid_path,
+    }
+    log_path = _write_json(os.path.join(out, "train_log.json"), log)
+    print(
+        f"Trained {len(history.epoch)} epoch(s) in {train_seconds:.1f} s "
+        f"({images_per_second:.1f} images/s).\n"
+        f"Model:   {model_path}\nSamples: {grid_path}\nLog:     {log_path}"
+    )
+    return 0
+
+
+def _sample(args):
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"Model file {args.model!r} does not exist.")
+    _check_parent(args.out, "output file")
+
+    import keras
+
+    # Importing these registers the library's classes with Keras, so that
+    # load_model can rebuild the model and its network's layers.
+    import keras_diffusion.models  # noqa: F401
+    import keras_diffusion.networks  # noqa: F401
+    from keras_diffusion.images import save_grid
+
+    model = keras.saving.load_model(args.model)
+    if not callable(getattr(model, "generate", None)):
+        raise ValueError(
+            f"{args.model!r} holds a {type(model).__name__}, not a keras-diffusion "
+            "model with a generate() method."
+        )
+    images = model.generate(
+        args.num_images,
+        sampler=args.sampler,
+        num_steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        timestep_spacing=args.timestep_spacing,
+        verbose=True,
+    )
+    print(f"Samples: {save_grid(args.out, images)}")
+    return 0
+
+
+def main(argv=None):
+    """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit code.
+
+    Errors in the input (a missing file, a bad value) print one line
+    `error: ...` to stderr and return 2.
+
+    Example:
+    >>> main(["sample", "--model", "missing.keras", "--out", "grid.png"])
+    2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        _select_backend(args.backend)
+        return _train(args) if args.command == "train" else _sample(args)
+    except (ValueError, OSError) as err:
+        # OSError covers FileNotFoundError and ConnectionError (a dataset
+        # download), which are the user's to fix: no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.command == "train":
+            print(
+                "\nInterrupted. Run the same command again to resume from the last "
+                "finished epoch.",
+                file=sys.stderr,
+            )
+        return 130

@@ -1,0 +1,178 @@
+"""The command line, run as users run it: `python -m keras_diffusion ...` in a subprocess.
+
+Each subprocess that imports Keras costs 5-30 s, so one tiny training run
+(interrupted, then resumed) and one `sample` run are shared by the tests
+that need a trained model; the error cases fail before Keras is imported.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import pytest
+from PIL import Image
+
+from keras_diffusion import cli
+
+TINY_TRAIN = [
+    "train", "ddpm", "--dataset", "digits", "--image-size", "16", "--num-train-images", "64",
+    "--widths", "8,16", "--num-res-blocks", "1", "--attention-resolutions", "", "--norm-groups", "4",
+    "--batch-size", "32", "--epochs", "6", "--steps", "3", "--num-samples", "4",
+]
+
+
+def _env():
+    # The subprocess runs on the backend this test session uses; unbuffered
+    # so that the interruption test sees each epoch as it starts.
+    return {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_diffusion", *args],
+        capture_output=True, text=True, env=_env(), timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run interrupted during epoch 2 or later, then resumed by re-running it.
+
+    Returns the output folder and the resumed run's stdout.
+    """
+    out = tmp_path_factory.mktemp("cli") / "run"
+    command = [sys.executable, "-m", "keras_diffusion", *TINY_TRAIN, "--out", str(out)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    ) as first:
+        # Keras prints "Epoch 2/6" once epoch 1 has ended and been backed up.
+        for line in first.stdout:
+            if "Epoch 2/6" in line:
+                first.send_signal(signal.SIGINT)
+                break
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr.lower()
+    assert not (out / "model.keras").exists()
+
+    resumed = run_cli(*TINY_TRAIN, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    return out, resumed.stdout
+
+
+def test_train_writes_model_grid_and_log_and_resumes(trained):
+    out, stdout = trained
+    for name in ("model.keras", "samples.png", "train_log.json"):
+        assert (out / name).is_file()
+        assert str(out / name) in stdout
+    assert "images/s" in stdout
+    assert not (out / "backup").exists()  # Keras deletes the backup after a finished fit.
+    assert Image.open(out / "samples.png").size == (38, 38)  # 2x2 cells of 16 + padding 2.
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["backend"] == keras.backend.backend()
+    assert log["args"]["widths"] == [8, 16]
+    epochs = [entry["epoch"] for entry in log["epochs"]]
+    # Resumed after at least one finished epoch, and ran up to the last one.
+    assert 1 < epochs[0] and epochs == list(range(epochs[0], 7))
+    assert log["train_seconds"] > 0 and log["images_per_second"] > 0
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp.keras")]
+
+
+def test_sample_writes_grid_of_requested_size(trained, tmp_path):
+    out, _ = trained
+    grid = tmp_path / "grid.png"
+    result = run_cli(
+        "sample", "--model", str(out / "model.keras"), "--num-images", "6", "--steps", "3",
+        "--sampler", "ddim", "--seed", "1", "--out", str(grid),
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(grid) in result.stdout
+    assert Image.open(grid).size == (3 * 18 + 2, 2 * 18 + 2)  # 2 rows x 3 columns.
+
+
+def test_sample_with_too_many_steps_is_a_one_line_error(trained, tmp_path, capsys):
+    out, _ = trained
+    code = cli.main(
+        ["sample", "--model", str(out / "model.keras"), "--steps", "2000", "--out", str(tmp_path / "g.png")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "num_steps=2000" in err and "Traceback" not in err
+
+
+def test_missing_model_file_exits_2(tmp_path):
+    missing = tmp_path / "missing.keras"
+    result = run_cli("sample", "--model", str(missing), "--out", str(tmp_path / "g.png"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_fails_fast_when_out_parent_is_missing(tmp_path):
+    out = tmp_path / "no" / "such" / "run"
+    result = run_cli(*TINY_TRAIN, "--out", str(out), timeout=60)
+    assert result.returncode == 2
+    assert "error: " in result.stderr and str(tmp_path / "no" / "such") in result.stderr
+    assert "Epoch" not in result.stdout and not (tmp_path / "no").exists()
+
+
+def test_train_rejects_steps_over_timesteps_before_loading_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main([*TINY_TRAIN, "--timesteps", "10", "--steps", "50", "--out", str(out)])
+    assert code == 2
+    assert "num_steps=50" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_sampler_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sample", "--model", "m.keras", "--out", "g.png", "--sampler", "euler"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'euler'" in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2():
+    result = run_cli()
+    assert result.returncode == 2
+    assert "train" in result.stderr and "sample" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_help_explains_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    subparser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        assert action.help, action.option_strings
+        for flag in action.option_strings:
+            assert flag in text
+    expected = {
+        "train": ["--dataset", "--image-size", "--num-train-images", "--network", "--widths",
+                  "--num-res-blocks", "--attention-resolutions", "--norm-groups",
+                  "--beta-schedule", "--timesteps", "--prediction-type", "--loss",
+                  "--min-snr-gamma", "--learning-rate", "--ema", "--epochs", "--batch-size",
+                  "--seed", "--sample-every", "--num-samples", "--sampler", "--steps",
+                  "--backend", "--out"],
+        "sample": ["--model", "--num-images", "--sampler", "--steps", "--out", "--seed",
+                   "--eta", "--timestep-spacing", "--backend"],
+    }[command]
+    assert all(flag in text for flag in expected)
+
+
+def test_choices_match_the_library():
+    from keras_diffusion.datasets import DATASETS
+    from keras_diffusion.models.base import LOSS_TYPES, PREDICTION_TYPES
+    from keras_diffusion.processes import BETA_SCHEDULES, TIMESTEP_SPACINGS
+    from keras_diffusion.samplers import SAMPLERS
+
+    assert set(cli.SAMPLERS) == set(SAMPLERS)
+    assert cli.DATASETS == DATASETS
+    assert cli.BETA_SCHEDULES == BETA_SCHEDULES
+    assert cli.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
+    assert cli.PREDICTION_TYPES == PREDICTION_TYPES
+    assert cli.LOSS_TYPES == LOSS_TYPES

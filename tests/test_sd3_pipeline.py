@@ -1,0 +1,185 @@
+"""SD3 loading: the tiny builder, local presets, KerasHub names, options, errors."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from sd3_fixtures import IMAGE_SIZE, NEGATIVE_PROMPTS, NUM_STEPS, PROMPTS, SEED, tiny_setup
+from sd3_fixtures import torch_single_thread  # noqa: F401 (autouse fixture)
+
+from keras_diffusion import sd3
+from keras_diffusion.sd3 import pipeline
+
+BACKEND = keras.backend.backend()
+
+
+@pytest.fixture
+def setup():
+    return tiny_setup()
+
+
+def test_tiny_model_is_small_and_has_the_requested_size(setup):
+    model = setup.model
+    assert model.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert model.latent_shape == (IMAGE_SIZE // 8, IMAGE_SIZE // 8, 16)
+    assert model.backbone.count_params() < 2_000_000
+    assert model.backbone.t5 is None
+
+
+def test_saved_tiny_preset_reloads_to_the_same_outputs(setup):
+    reloaded = sd3.from_preset(setup.preset_dir)
+    for saved, loaded in zip(setup.model.backbone.weights, reloaded.backbone.weights):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(loaded)
+        )
+    images = sd3.text_to_image(
+        reloaded, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED
+    )
+    np.testing.assert_array_equal(images, setup.reference_images)
+
+
+def test_tiny_preset_is_built_once_then_loaded_from_the_cache(setup, tmp_path, monkeypatch):
+    builds = []
+
+    def fake_build_tiny():
+        # Reuse the session's model: building another costs seconds on JAX.
+        builds.append(1)
+        return setup.model
+
+    monkeypatch.setattr(pipeline, "build_tiny", fake_build_tiny)
+    cache = tmp_path / "cache" / "sd3_tiny"
+    first = sd3.from_preset("tiny", cache_dir=cache)
+    second = sd3.from_preset("tiny", cache_dir=cache)
+    assert builds == [1]
+    assert os.path.isfile(cache / "config.json")
+    assert [p for p in os.listdir(cache.parent) if p.startswith(".")] == []
+    assert first.image_size == second.image_size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_a_cache_folder_that_is_not_a_preset_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a preset")
+    with pytest.raises(ValueError, match="holds no config.json"):
+        sd3.from_preset("tiny", cache_dir=tmp_path)
+
+
+def test_image_size_option(setup):
+    model = sd3.from_preset(setup.preset_dir, image_size=(48, 64))
+    assert model.image_size == (48, 64)
+    assert model.latent_shape == (6, 8, 16)
+
+
+def test_dtype_and_t5_options_reach_keras_hub(setup, monkeypatch):
+    # Loading in another dtype compiles every variable initializer anew on
+    # JAX (~10 s for the tiny model), so this checks what is handed to
+    # KerasHub, whose own tests cover its dtype handling.
+    import keras_hub
+
+    calls = {}
+
+    def capture(name, result):
+        def from_preset(preset, **kwargs):
+            calls[name] = kwargs
+            return result
+
+        return from_preset
+
+    backbone_class = keras_hub.models.StableDiffusion3Backbone
+    preprocessor_class = keras_hub.models.StableDiffusion3TextToImagePreprocessor
+    monkeypatch.setattr(backbone_class, "from_preset", capture("backbone", setup.model.backbone))
+    monkeypatch.setattr(
+        preprocessor_class, "from_preset", capture("preprocessor", setup.model.preprocessor)
+    )
+    sd3.from_preset(setup.preset_dir, image_size=64, dtype="bfloat16", include_t5=False)
+    assert calls["backbone"] == {"image_shape": (64, 64, 3), "dtype": "bfloat16", "t5": None}
+    assert calls["preprocessor"] == {"t5_preprocessor": None}
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        (30, "multiple of 8"),
+        ((32, 20), "multiple of 8"),
+        (40, "multiple of 16"),
+        (1024, "too large"),
+        (0, "positive int"),
+        ("32", "positive int"),
+    ],
+)
+def test_bad_image_size_is_refused_before_loading(setup, size, message):
+    with pytest.raises(ValueError, match=message):
+        sd3.from_preset(setup.preset_dir, image_size=size)
+
+
+def test_bad_image_size_is_refused_by_the_tiny_builder():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        sd3.build_tiny(image_size=36)
+
+
+def test_unknown_preset_lists_the_valid_names():
+    with pytest.raises(ValueError, match="Unknown preset 'sd3_mediun'") as info:
+        sd3.from_preset("sd3_mediun")
+    for name in ("tiny", *sd3.KERAS_HUB_PRESETS):
+        assert name in str(info.value)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        sd3.from_preset(tmp_path)
+
+
+def test_unreachable_keras_hub_preset_says_what_to_do(monkeypatch):
+    # Patched so the test is fast and the same with or without a network
+    # (with Kaggle access, the real call would start a multi-GB download).
+    import kagglehub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "model_download", offline)
+    with pytest.raises(sd3.PresetUnavailableError) as info:
+        sd3.from_preset("stable_diffusion_3_medium", image_size=512)
+    message = str(info.value)
+    assert "stable_diffusion_3_medium" in message
+    assert "api.kaggle.com" in message
+    for hint in ("network", "Kaggle", "preset='tiny'", "local preset folder"):
+        assert hint in message
+    assert isinstance(info.value, ConnectionError)
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="KerasHub's SD3 T5 encoder cannot be built on torch (it assigns "
+    "layers before keras.Model.__init__).",
+)
+@pytest.mark.filterwarnings("ignore:Layer 'self_attention' .*T5MultiHeadAttention")
+def test_include_t5_false_drops_the_t5_encoder(tmp_path):
+    preset = str(tmp_path / "with_t5")
+    sd3.build_tiny(include_t5=True).save_to_preset(preset)
+    with_t5 = sd3.from_preset(preset)
+    assert with_t5.backbone.t5 is not None
+    assert with_t5.preprocessor.t5_preprocessor is not None
+    without_t5 = sd3.from_preset(preset, include_t5=False)
+    assert without_t5.backbone.t5 is None
+    assert without_t5.preprocessor.t5_preprocessor is None
+    assert "t5" not in without_t5.preprocessor.generate_preprocess(["a cat"])
+
+
+def test_t5_on_torch_is_refused_with_a_reason():
+    if BACKEND != "torch":
+        pytest.skip("only torch cannot build KerasHub's T5 encoder")
+    with pytest.raises(NotImplementedError, match="torch"):
+        sd3.build_tiny(include_t5=True)
+
+
+def test_cli_module_imports_neither_keras_nor_keras_hub():
+    code = (
+        "import sys, keras_diffusion.sd3.cli; "
+        "print(sorted(m for m in ('keras', 'keras_hub') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
