@@ -118,6 +118,13 @@ def _add_sampling_args(parser):
         default="leading",
         help="how the sampling steps are spread over the training timesteps (as in diffusers)",
     )
+    group.add_argument(
+        "--clip-sample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clip the predicted clean image to [-1, 1] at each step (diffusers' "
+        "default); it keeps the samples of a briefly trained model from saturating",
+    )
     return group
 
 
@@ -421,6 +428,7 @@ def _train(args):
                 num_steps=args.steps,
                 eta=args.eta,
                 timestep_spacing=args.timestep_spacing,
+                clip_sample=args.clip_sample,
             )
         )
     # BackupAndRestore refuses an unbuilt model, and fit() builds it only
@@ -445,6 +453,7 @@ def _train(args):
         eta=args.eta,
         seed=args.seed,
         timestep_spacing=args.timestep_spacing,
+        clip_sample=args.clip_sample,
         verbose=True,
     )
     sample_seconds = time.perf_counter() - start
@@ -501,6 +510,7 @@ def _sample(args):
         eta=args.eta,
         seed=args.seed,
         timestep_spacing=args.timestep_spacing,
+        clip_sample=args.clip_sample,
         verbose=True,
     )
     print(f"Samples: {save_grid(args.out, images)}")

@@ -57,12 +57,16 @@ def test_rendering_own_embeddings_matches_text_to_image(model):
     latents = keras.random.normal((2,) + model.latent_shape, dtype="float32", seed=SEED)
     embeddings = sd3.encode_prompts(model, PROMPTS, NEGATIVE_PROMPTS)
     frames = sd3.render(model, embeddings, latents, **WALK)
-    # The same math compiled as two programs (batch 4 with the prompts
-    # encoded outside the loop, batch 2 with them inside): bit-equal on JAX
-    # and torch; TensorFlow's XLA picks other kernels per batch size, so
-    # allow 1 level there.
-    tolerance = 1 if BACKEND == "tensorflow" else 0
-    assert np.abs(frames.astype(int) - tiny_setup().reference_images).max() <= tolerance
+    # The same math as two programs (batch 4 with the prompts encoded outside
+    # the loop, batch 2 with them inside). Torch runs both eagerly: equal bit
+    # for bit. XLA (JAX, TensorFlow) compiles them differently, so a float
+    # may round to the neighbouring uint8 level: allow 1 level, in few pixels.
+    difference = np.abs(frames.astype(int) - tiny_setup().reference_images)
+    if BACKEND == "torch":
+        assert difference.max() == 0
+    else:
+        assert difference.max() <= 1
+        assert np.mean(difference > 0) < 0.01
 
 
 def test_a_second_walk_with_the_same_shapes_does_not_recompile(model):
@@ -188,3 +192,16 @@ def test_cli_walk_errors(session_model_for_cli, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _run_cli(["walk", "--preset", "tiny", "--prompts", "a", "b",
                   "--out", str(tmp_path / "missing" / "w.gif")])
+
+
+def test_cli_takes_the_main_cli_shared_options():
+    def common_arguments(parser):
+        parser.add_argument("--backend", default=None)
+        parser.add_argument("--seed", type=int, default=0)
+
+    parser = argparse.ArgumentParser()
+    cli.register_commands(parser.add_subparsers(dest="command"), common_arguments)
+    args = parser.parse_args(
+        ["walk", "--backend", "jax", "--preset", "tiny", "--prompts", "a", "b", "--out", "w.gif"]
+    )
+    assert (args.command, args.sd3_command, args.backend, args.seed) == ("walk", "walk", "jax", 0)

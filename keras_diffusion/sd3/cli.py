@@ -22,12 +22,16 @@ from keras_diffusion.sd3.pipeline import DEFAULT_CACHE_DIR
 WALK_KINDS = ("interpolate", "around", "circle", "grid")
 
 
-def register_commands(subparsers):
+def register_commands(subparsers, common_arguments=None):
     """Adds the `walk` and `generate` subcommands.
 
     Args:
         subparsers: the object `argparse.ArgumentParser.add_subparsers()`
             returned.
+        common_arguments: optional `f(parser)` that adds the main CLI's
+            shared options to each subcommand. It must add `--seed` (an int
+            or None); without it, each subcommand gets its own `--seed`
+            (default: None, a random seed).
 
     Returns:
         `(walk_parser, generate_parser)`.
@@ -52,7 +56,7 @@ def register_commands(subparsers):
             "random weights (noise-like images)."
         ),
     )
-    _add_model_arguments(walk)
+    _add_model_arguments(walk, common_arguments)
     walk.add_argument("--prompts", nargs="+", required=True, help="prompt(s) to walk")
     walk.add_argument("--kind", choices=WALK_KINDS, default="interpolate")
     walk.add_argument("--frames", type=int, default=16, help="number of frames (>= 2)")
@@ -87,7 +91,7 @@ def register_commands(subparsers):
             "offline with random weights (noise-like images)."
         ),
     )
-    _add_model_arguments(generate)
+    _add_model_arguments(generate, common_arguments)
     generate.add_argument("--prompt", nargs="+", required=True, help="prompt(s)")
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--image", default=None, help="input image for image-to-image")
@@ -151,7 +155,11 @@ def main(argv=None):
         return 2
 
 
-def _add_model_arguments(parser):
+def _add_model_arguments(parser, common_arguments):
+    if common_arguments is None:
+        parser.add_argument("--seed", type=int, default=None, help="random seed")
+    else:
+        common_arguments(parser)
     parser.add_argument(
         "--preset",
         required=True,
@@ -162,7 +170,6 @@ def _add_model_arguments(parser):
     parser.add_argument("--no-t5", action="store_true", help="drop the T5 text encoder")
     parser.add_argument("--steps", type=int, default=28, help="denoising steps")
     parser.add_argument("--guidance", type=float, default=7.0, help="guidance scale")
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--cache",
         default=DEFAULT_CACHE_DIR,

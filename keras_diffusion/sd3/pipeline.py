@@ -378,7 +378,6 @@ def from_preset(
     preset = os.fspath(preset)
     if preset == TINY:
         preset = tiny_preset_dir(cache_dir)
-        # `tiny` never has a T5 encoder; `include_t5` is a no-op here.
     elif os.path.isdir(preset):
         if not os.path.isfile(os.path.join(preset, _CONFIG_FILE)):
             raise ValueError(
@@ -392,7 +391,9 @@ def from_preset(
             f"preset folder, or one of: {', '.join(KERAS_HUB_PRESETS)}."
         )
     if os.path.isdir(preset):
-        return _load(preset, image_size, dtype, include_t5)
+        # Absolute, so that KerasHub does not read a folder named like one of
+        # its presets as that preset.
+        return _load(os.path.abspath(preset), image_size, dtype, include_t5)
     # The first download (config.json) tells "unreachable" apart from any
     # later problem; a failure in the large weight download is one too.
     config = _download_config(preset)

@@ -18,13 +18,13 @@ program (see `FrameRenderer`); frames come back as uint8 `(F, H, W, 3)`.
 Relation to KerasHub's `generate`: rendering N prompts' own embeddings
 (`encode_prompts`) from the latents `keras.random.normal((N,
 *model.latent_shape), seed=seed)`, which is what KerasHub draws, is the same
-computation as `text_to_image(model, prompts, seed=seed)`. The programs are
-compiled separately (here the prompts are encoded outside the denoising
-loop, and frames run in batches of `batch_size`), so the images agree bit
-for bit on JAX and torch and may differ by 1 in a few uint8 values on
-TensorFlow, whose XLA picks other kernels for other batch sizes. Within the
-walk machinery a frame does not depend on its batch or its place in it:
-the end frames of `interpolate_prompts` equal `render` of the end prompts.
+computation as `text_to_image(model, prompts, seed=seed)`. On torch, which
+runs eagerly, the images are equal bit for bit. JAX and TensorFlow compile
+the two as different XLA programs (here the prompts are encoded outside the
+denoising loop, and frames run in batches of `batch_size`), so a few uint8
+values may differ by 1. Within the walk machinery a frame does not depend on
+its batch or its place in it: the end frames of `interpolate_prompts` equal
+`render` of the end prompts, bit for bit on every backend.
 """
 
 import collections
