@@ -1,32 +1,38 @@
 """keras-diffusion: backend-agnostic diffusion models for Keras 3.
 
-The public names load lazily, so that `python -m keras_diffusion --backend jax`
-can choose the Keras backend before Keras is imported.
+Importing the package registers every serializable class, so
+`keras.saving.load_model("m.keras")` works after `import keras_diffusion`.
+Choose the backend first (`KERAS_BACKEND=jax|tensorflow|torch`); the CLI's
+`--backend` flag does it for you.
 
 Example:
 >>> import keras_diffusion as kd
 >>> net = kd.networks.unet_from_preset("mnist_small")  # doctest: +SKIP
->>> model = kd.DDPM(net)  # doctest: +SKIP
+>>> model = kd.DDPM(net, kd.DiscreteVPSchedule("cosine"))  # doctest: +SKIP
 """
 
-import importlib
+from keras_diffusion import callbacks
+from keras_diffusion import datasets
+from keras_diffusion import images
+from keras_diffusion import models
+from keras_diffusion import networks
+from keras_diffusion import processes
+from keras_diffusion import samplers
+from keras_diffusion.models import DDPM
+from keras_diffusion.models import DiffusionModel
+from keras_diffusion.processes import DiscreteVPSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "DDPM": "keras_diffusion.models",
-    "DiffusionModel": "keras_diffusion.models",
-    "DiscreteVPSchedule": "keras_diffusion.processes",
-}
-_SUBMODULES = ("callbacks", "datasets", "images", "models", "networks", "processes", "samplers")
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"keras_diffusion.{name}")
-    raise AttributeError(f"module 'keras_diffusion' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY) + list(_SUBMODULES)
+__all__ = [
+    "DDPM",
+    "DiffusionModel",
+    "DiscreteVPSchedule",
+    "callbacks",
+    "datasets",
+    "images",
+    "models",
+    "networks",
+    "processes",
+    "samplers",
+]

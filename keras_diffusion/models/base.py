@@ -340,7 +340,7 @@ class DiffusionModel(keras.Model):
         labels=None,
         guidance_scale=None,
         timestep_spacing="leading",
-        clip_sample=False,
+        clip_sample=True,
         use_ema=True,
         verbose=True,
         return_float=False,
@@ -359,7 +359,10 @@ class DiffusionModel(keras.Model):
             labels: int class labels, one per image (conditional models).
             guidance_scale: classifier-free guidance scale (1 = conditional).
             timestep_spacing: `"leading"`, `"trailing"` or `"linspace"`.
-            clip_sample: clip the predicted clean sample to [-1, 1] each step.
+            clip_sample: clip the predicted clean sample to [-1, 1] each step
+                (on by default, as in Ho et al.'s code and diffusers'
+                DDPM/DDIM schedulers: it keeps the first steps, where
+                `alpha_t` is near 0, from amplifying the model's error).
             use_ema: sample with the optimizer's EMA weights when it keeps them.
             verbose: show a progress bar.
             return_float: return float32 images in [-1, 1] instead of uint8.
