@@ -5,8 +5,8 @@ with Keras' `fit()` (resuming an interrupted run from `OUT/backup`), saves
 `OUT/model.keras`, a grid of samples `OUT/samples.png` and `OUT/train_log.json`.
 `sample` loads a saved model and writes a grid of new samples.
 
-Arguments are parsed before Keras is imported, so that `--backend` can pick
-the Keras backend (Keras reads `KERAS_BACKEND` once, when it is imported).
+`--backend` sets `KERAS_BACKEND`, which Keras reads once, when it is first
+imported; so this module imports Keras only after parsing the arguments.
 
 Example:
     $ python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist
@@ -110,7 +110,11 @@ def _add_sampling_args(parser):
         help="denoising steps, at most the model's training timesteps",
     )
     group.add_argument(
-        "--eta", type=float, default=0.0, help="DDIM stochasticity (0 is deterministic)"
+        "--eta",
+        type=float,
+        default=1.0,
+        help="DDIM stochasticity: 0 is deterministic DDIM, 1 adds fresh noise at each "
+        "step like DDPM, which forgives a briefly trained model's errors far better",
     )
     group.add_argument(
         "--timestep-spacing",
@@ -158,8 +162,8 @@ def build_parser():
     train.add_argument(
         "--out",
         required=True,
-        help="output folder (created if missing; its parent must exist) for "
-        "model.keras, samples.png, train_log.json, backup/ and samples/",
+        help="output folder, created if missing, for model.keras, samples.png, "
+        "train_log.json, backup/ (to resume) and samples/",
     )
     _add_common_args(train)
 
@@ -245,7 +249,7 @@ def build_parser():
     )
 
     optim = train.add_argument_group("optimization")
-    optim.add_argument("--epochs", type=_positive_int, default=4, help="training epochs")
+    optim.add_argument("--epochs", type=_positive_int, default=5, help="training epochs")
     optim.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
     optim.add_argument(
         "--learning-rate",
@@ -290,29 +294,53 @@ def build_parser():
     return parser
 
 
-def _select_backend(name):
-    """Makes Keras use backend `name` (None: leave the environment's choice)."""
+def _select_backend(name, restart):
+    """Makes Keras use backend `name` (None: leave the environment's choice).
+
+    Keras reads KERAS_BACKEND once, when it is first imported. If it is
+    already imported with another backend (something imported it before
+    the arguments were parsed), a command-line run (`restart=True`) starts
+    again on the requested backend; a call from Python gets an error.
+    """
     if name is None:
         return
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != name:
-            raise ValueError(
-                f"Keras is already imported with the {keras.backend.backend()!r} backend, "
-                f"so --backend {name} cannot take effect. Run the command in a new process."
-            )
     os.environ["KERAS_BACKEND"] = name
+    if "keras" not in sys.modules:
+        return
+    import keras
+
+    if keras.backend.backend() == name:
+        return
+    if restart:
+        os.execv(sys.executable, [sys.executable, "-m", "keras_diffusion", *sys.argv[1:]])
+    raise ValueError(
+        f"Keras is already imported with the {keras.backend.backend()!r} backend, so "
+        f"--backend {name} cannot take effect. Run the command in a new process."
+    )
 
 
-def _check_parent(path, what):
-    """Fails fast (before any training) if `path` cannot be written."""
+def _check_parent(path):
+    """Fails fast, before the model is loaded, if the folder of `path` is missing."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(
-            f"The folder {parent!r} for the {what} {path!r} does not exist. Create it "
-            "first or choose another path."
+            f"The folder {parent!r} for --out {path!r} does not exist. Create it first "
+            "or choose another path."
         )
+
+
+def _make_out_folder(path):
+    """Creates `path` and missing parents, like `mkdir -p`."""
+    if os.path.isfile(path):
+        raise FileExistsError(f"--out {path!r} is a file; pass a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        # Typically a file where a folder should be, or no permission.
+        raise OSError(
+            f"Cannot create the output folder --out {path!r}: {err.strerror}. "
+            "Choose another path."
+        ) from None
 
 
 def _replace_atomically(path, write):
@@ -343,32 +371,9 @@ def _write_json(path, data):
     return _replace_atomically(path, write)
 
 
-def _train(args):
-    out = args.out
-    _check_parent(out, "output folder")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"--out {out!r} is a file; pass a folder.")
-
-    import keras
-
-    from keras_diffusion.callbacks import SampleGrid
+def _load_images(args, preset_shape):
     from keras_diffusion.datasets import load_dataset
-    from keras_diffusion.images import save_grid
-    from keras_diffusion.models import DDPM
-    from keras_diffusion.networks import UNET_PRESETS, unet_from_preset
-    from keras_diffusion.processes import DiscreteVPSchedule
 
-    if args.network not in UNET_PRESETS:
-        raise ValueError(
-            f"Unknown --network {args.network!r}. Known presets: {', '.join(sorted(UNET_PRESETS))}."
-        )
-    schedule = DiscreteVPSchedule(args.beta_schedule, num_train_timesteps=args.timesteps)
-    # Checks --steps against --timesteps now rather than after training.
-    schedule.inference_timesteps(args.steps, args.timestep_spacing)
-    os.makedirs(out, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-
-    preset_shape = UNET_PRESETS[args.network]["image_shape"]
     image_size = args.image_size or preset_shape[0]
     if args.dataset in DATASETS:
         loader_args = {"num_images": args.num_train_images, "seed": args.seed}
@@ -379,6 +384,14 @@ def _train(args):
         }
     print(f"Loading {args.dataset} at {image_size}x{image_size}...")
     images, _ = load_dataset(args.dataset, image_size=image_size, **loader_args)
+    return images
+
+
+def _build_ddpm(args, image_shape, schedule):
+    import keras
+
+    from keras_diffusion.models import DDPM
+    from keras_diffusion.networks import unet_from_preset
 
     overrides = {
         "widths": args.widths,
@@ -387,7 +400,6 @@ def _train(args):
         "norm_groups": args.norm_groups,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    image_shape = tuple(int(d) for d in images.shape[1:])
     network = unet_from_preset(args.network, image_shape=image_shape, **overrides)
     model = DDPM(
         network,
@@ -405,66 +417,106 @@ def _train(args):
             ema_momentum=args.ema,
         )
     )
-    print(
-        f"Training a DDPM ({network.count_params():,} parameters) on {len(images):,} "
-        f"images of shape {image_shape} with the {keras.backend.backend()} backend."
-    )
-    epoch_seconds = {}
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: epoch_seconds.update({epoch: time.perf_counter()}),
-        on_epoch_end=lambda epoch, logs: epoch_seconds.update(
-            {epoch: time.perf_counter() - epoch_seconds[epoch]}
-        ),
-    )
-    callbacks = [timer, keras.callbacks.BackupAndRestore(os.path.join(out, "backup"))]
-    if args.sample_every:
-        callbacks.append(
-            SampleGrid(
-                os.path.join(out, "samples"),
-                every_n_epochs=args.sample_every,
-                num_images=args.num_samples,
-                seed=args.seed,
-                sampler=args.sampler,
-                num_steps=args.steps,
-                eta=args.eta,
-                timestep_spacing=args.timestep_spacing,
-                clip_sample=args.clip_sample,
-            )
-        )
     # BackupAndRestore refuses an unbuilt model, and fit() builds it only
     # after the callbacks' on_train_begin.
     model.build((None,) + image_shape)
-    start = time.perf_counter()
-    history = model.fit(
-        images, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
-        callbacks=callbacks, verbose=1,
+    return model
+
+
+def _fit(args, model, images):
+    """Runs `model.fit` with backup/restore; returns the history and seconds per epoch."""
+    import keras
+
+    from keras_diffusion.callbacks import SampleGrid
+
+    starts, epoch_seconds = {}, {}
+    callbacks = [
+        keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: starts.update({epoch: time.perf_counter()}),
+            on_epoch_end=lambda epoch, logs: epoch_seconds.update(
+                {epoch: time.perf_counter() - starts[epoch]}
+            ),
+        ),
+        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
+    ]
+    if args.sample_every:
+        callbacks.append(
+            SampleGrid(
+                os.path.join(args.out, "samples"),
+                every_n_epochs=args.sample_every,
+                num_images=args.num_samples,
+                seed=args.seed,
+                **_generate_kwargs(args),
+            )
+        )
+    try:
+        history = model.fit(
+            images, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
+            callbacks=callbacks, verbose=1,
+        )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            "Interrupted. Run the same command again to resume from the last finished "
+            f"epoch (saved in {os.path.join(args.out, 'backup')!r})."
+        ) from None
+    return history, epoch_seconds
+
+
+def _generate_kwargs(args):
+    return {
+        "sampler": args.sampler,
+        "num_steps": args.steps,
+        "eta": args.eta,
+        "timestep_spacing": args.timestep_spacing,
+        "clip_sample": args.clip_sample,
+    }
+
+
+def _train(args):
+    import keras
+
+    from keras_diffusion.images import save_grid
+    from keras_diffusion.networks import UNET_PRESETS
+    from keras_diffusion.processes import DiscreteVPSchedule
+
+    # Every check that can fail runs before the data is loaded and training starts.
+    if args.network not in UNET_PRESETS:
+        raise ValueError(
+            f"Unknown --network {args.network!r}. Known presets: {', '.join(sorted(UNET_PRESETS))}."
+        )
+    schedule = DiscreteVPSchedule(args.beta_schedule, num_train_timesteps=args.timesteps)
+    schedule.inference_timesteps(args.steps, args.timestep_spacing)
+    _make_out_folder(args.out)
+    keras.utils.set_random_seed(args.seed)
+
+    images = _load_images(args, UNET_PRESETS[args.network]["image_shape"])
+    image_shape = tuple(int(d) for d in images.shape[1:])
+    model = _build_ddpm(args, image_shape, schedule)
+    num_parameters = model.network.count_params()
+    print(
+        f"Training a DDPM ({num_parameters:,} parameters) on {len(images):,} images of "
+        f"shape {image_shape} with the {keras.backend.backend()} backend."
     )
+    start = time.perf_counter()
+    history, epoch_seconds = _fit(args, model, images)
     train_seconds = time.perf_counter() - start
     # After a resume, `history` holds only the epochs run by this process.
     images_per_second = len(images) * len(history.epoch) / train_seconds
+    model_path = _replace_atomically(os.path.join(args.out, "model.keras"), model.save)
 
-    model_path = _replace_atomically(os.path.join(out, "model.keras"), model.save)
     print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
     start = time.perf_counter()
-    samples = model.generate(
-        args.num_samples,
-        sampler=args.sampler,
-        num_steps=args.steps,
-        eta=args.eta,
-        seed=args.seed,
-        timestep_spacing=args.timestep_spacing,
-        clip_sample=args.clip_sample,
-        verbose=True,
-    )
+    samples = model.generate(args.num_samples, seed=args.seed, verbose=True, **_generate_kwargs(args))
     sample_seconds = time.perf_counter() - start
-    grid_path = save_grid(os.path.join(out, "samples.png"), samples)
+    grid_path = save_grid(os.path.join(args.out, "samples.png"), samples)
+
     log = {
         "args": vars(args),
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "num_train_images": len(images),
         "image_shape": list(image_shape),
-        "num_parameters": network.count_params(),
+        "num_parameters": num_parameters,
         "epochs": [
             {"epoch": epoch + 1, "loss": float(loss), "seconds": round(epoch_seconds[epoch], 3)}
             for epoch, loss in zip(history.epoch, history.history["loss"])
@@ -475,7 +527,7 @@ def _train(args):
         "model": model_path,
         "samples": grid_path,
     }
-    log_path = _write_json(os.path.join(out, "train_log.json"), log)
+    log_path = _write_json(os.path.join(args.out, "train_log.json"), log)
     print(
         f"Trained {len(history.epoch)} epoch(s) in {train_seconds:.1f} s "
         f"({images_per_second:.1f} images/s).\n"
@@ -487,7 +539,7 @@ def _train(args):
 def _sample(args):
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"Model file {args.model!r} does not exist.")
-    _check_parent(args.out, "output file")
+    _check_parent(args.out)
 
     import keras
 
@@ -503,16 +555,7 @@ def _sample(args):
             f"{args.model!r} holds a {type(model).__name__}, not a keras-diffusion "
             "model with a generate() method."
         )
-    images = model.generate(
-        args.num_images,
-        sampler=args.sampler,
-        num_steps=args.steps,
-        eta=args.eta,
-        seed=args.seed,
-        timestep_spacing=args.timestep_spacing,
-        clip_sample=args.clip_sample,
-        verbose=True,
-    )
+    images = model.generate(args.num_images, seed=args.seed, verbose=True, **_generate_kwargs(args))
     print(f"Samples: {save_grid(args.out, images)}")
     return 0
 
@@ -533,18 +576,13 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        _select_backend(args.backend)
+        _select_backend(args.backend, restart=argv is None)
         return _train(args) if args.command == "train" else _sample(args)
     except (ValueError, OSError) as err:
         # OSError covers FileNotFoundError and ConnectionError (a dataset
         # download), which are the user's to fix: no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if args.command == "train":
-            print(
-                "\nInterrupted. Run the same command again to resume from the last "
-                "finished epoch.",
-                file=sys.stderr,
-            )
+    except KeyboardInterrupt as err:
+        print(f"\n{err or 'Interrupted.'}", file=sys.stderr)
         return 130

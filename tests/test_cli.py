@@ -1,8 +1,8 @@
 """The command line, run as users run it: `python -m keras_diffusion ...` in a subprocess.
 
-Each subprocess that imports Keras costs 5-30 s, so one tiny training run
-(interrupted, then resumed) and one `sample` run are shared by the tests
-that need a trained model; the error cases fail before Keras is imported.
+Each subprocess costs 5-40 s, so the tests that need a trained model share
+one tiny training run (interrupted, then resumed), and the error cases that
+Python can check in this process call `cli.main` directly.
 """
 
 import json
@@ -24,10 +24,15 @@ TINY_TRAIN = [
 ]
 
 
-def _env():
-    # The subprocess runs on the backend this test session uses; unbuffered
-    # so that the interruption test sees each epoch as it starts.
-    return {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "PYTHONUNBUFFERED": "1"}
+BACKEND = keras.backend.backend()
+# The resumed training run starts with KERAS_BACKEND set to another backend,
+# so that `--backend` has to win over it.
+OTHER_BACKEND = "torch" if BACKEND == "jax" else "jax"
+
+
+def _env(backend=BACKEND):
+    # Unbuffered, so that the interruption test sees each epoch as it starts.
+    return {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
 
 
 def run_cli(*args, timeout=300):
@@ -37,16 +42,23 @@ def run_cli(*args, timeout=300):
     )
 
 
+def _last_line(text):
+    # TensorFlow may log to stderr when Keras is imported; the error comes last.
+    return text.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny run interrupted during epoch 2 or later, then resumed by re-running it.
 
     Returns the output folder and the resumed run's stdout.
     """
-    out = tmp_path_factory.mktemp("cli") / "run"
-    command = [sys.executable, "-m", "keras_diffusion", *TINY_TRAIN, "--out", str(out)]
+    # "runs" does not exist yet: --out is created like `mkdir -p`.
+    out = tmp_path_factory.mktemp("cli") / "runs" / "mnist"
+    args = [*TINY_TRAIN, "--out", str(out)]
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        [sys.executable, "-m", "keras_diffusion", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     ) as first:
         # Keras prints "Epoch 2/6" once epoch 1 has ended and been backed up.
         for line in first.stdout:
@@ -58,7 +70,10 @@ def trained(tmp_path_factory):
     assert "run the same command again to resume" in stderr.lower()
     assert not (out / "model.keras").exists()
 
-    resumed = run_cli(*TINY_TRAIN, "--out", str(out))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "keras_diffusion", *args, "--backend", BACKEND],
+        capture_output=True, text=True, env=_env(OTHER_BACKEND), timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     return out, resumed.stdout
 
@@ -72,7 +87,7 @@ def test_train_writes_model_grid_and_log_and_resumes(trained):
     assert not (out / "backup").exists()  # Keras deletes the backup after a finished fit.
     assert Image.open(out / "samples.png").size == (38, 38)  # 2x2 cells of 16 + padding 2.
     log = json.loads((out / "train_log.json").read_text())
-    assert log["backend"] == keras.backend.backend()
+    assert log["backend"] == BACKEND and f"the {BACKEND} backend" in stdout
     assert log["args"]["widths"] == [8, 16]
     epochs = [entry["epoch"] for entry in log["epochs"]]
     # Resumed after at least one finished epoch, and ran up to the last one.
@@ -107,16 +122,26 @@ def test_missing_model_file_exits_2(tmp_path):
     missing = tmp_path / "missing.keras"
     result = run_cli("sample", "--model", str(missing), "--out", str(tmp_path / "g.png"))
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+    assert _last_line(result.stderr).startswith("error: ") and str(missing) in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_train_fails_fast_when_out_parent_is_missing(tmp_path):
-    out = tmp_path / "no" / "such" / "run"
-    result = run_cli(*TINY_TRAIN, "--out", str(out), timeout=60)
-    assert result.returncode == 2
-    assert "error: " in result.stderr and str(tmp_path / "no" / "such") in result.stderr
-    assert "Epoch" not in result.stdout and not (tmp_path / "no").exists()
+def test_sample_fails_fast_when_out_folder_is_missing(trained, tmp_path, capsys):
+    out, _ = trained
+    grid = tmp_path / "missing" / "grid.png"
+    code = cli.main(["sample", "--model", str(out / "model.keras"), "--out", str(grid)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: The folder {str(tmp_path / 'missing')!r}")
+
+
+def test_train_fails_fast_when_out_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    code = cli.main([*TINY_TRAIN, "--out", str(blocker / "run")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ") and str(blocker) in captured.err
+    assert "Loading" not in captured.out and "Epoch" not in captured.out
 
 
 def test_train_rejects_steps_over_timesteps_before_loading_data(tmp_path, capsys):
@@ -134,10 +159,10 @@ def test_unknown_sampler_is_an_argparse_error(tmp_path, capsys):
     assert "invalid choice: 'euler'" in capsys.readouterr().err
 
 
-def test_no_command_prints_help_and_exits_2():
-    result = run_cli()
-    assert result.returncode == 2
-    assert "train" in result.stderr and "sample" in result.stderr
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "train" in err and "sample" in err
 
 
 @pytest.mark.parametrize("command", ["train", "sample"])
