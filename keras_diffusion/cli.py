@@ -21,6 +21,8 @@ import sys
 import time
 import uuid
 
+from keras_diffusion.sd3 import cli as sd3_cli
+
 BACKENDS = ("jax", "tensorflow", "torch")
 # These mirror the library's tables (checked by tests/test_cli.py); they are
 # spelled out here because reading them would import Keras before --backend
@@ -144,7 +146,8 @@ def build_parser():
         description="Train diffusion models and sample from them.\n\n"
         "Examples:\n"
         "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
-        "  python -m keras_diffusion sample --model runs/mnist/model.keras --out grid.png\n\n"
+        "  python -m keras_diffusion sample --model runs/mnist/model.keras --out grid.png\n"
+        "  python -m keras_diffusion walk --preset tiny --prompts 'a cat' 'a dog' --frames 8 --out walk.gif\n\n"
         "Run `python -m keras_diffusion COMMAND --help` for the flags of each command.",
         formatter_class=_Formatter,
     )
@@ -250,7 +253,10 @@ def build_parser():
 
     optim = train.add_argument_group("optimization")
     optim.add_argument("--epochs", type=_positive_int, default=5, help="training epochs")
-    optim.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
+    optim.add_argument(
+        "--batch-size", type=_positive_int, default=32,
+        help="batch size (32: more updates per epoch than 64, which matters in a short CPU run)",
+    )
     optim.add_argument(
         "--learning-rate",
         type=_positive_float,
@@ -291,6 +297,7 @@ def build_parser():
     _add_sampling_args(sample).add_argument(
         "--num-images", type=_positive_int, default=64, help="how many images in the grid"
     )
+    sd3_cli.register_commands(commands, _add_common_args)
     return parser
 
 
@@ -577,7 +584,8 @@ def main(argv=None):
         return 2
     try:
         _select_backend(args.backend, restart=argv is None)
-        return _train(args) if args.command == "train" else _sample(args)
+        commands = {"train": _train, "sample": _sample, "walk": sd3_cli.run, "generate": sd3_cli.run}
+        return commands[args.command](args)
     except (ValueError, OSError) as err:
         # OSError covers FileNotFoundError and ConnectionError (a dataset
         # download), which are the user's to fix: no traceback.
