@@ -58,16 +58,17 @@ def trained(tmp_path_factory):
     args = [*TINY_TRAIN, "--out", str(out)]
     with subprocess.Popen(
         [sys.executable, "-m", "keras_diffusion", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        # One pipe, so that logs on stderr cannot fill an unread pipe and stall it.
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
     ) as first:
         # Keras prints "Epoch 2/6" once epoch 1 has ended and been backed up.
         for line in first.stdout:
             if "Epoch 2/6" in line:
                 first.send_signal(signal.SIGINT)
                 break
-        _, stderr = first.communicate(timeout=120)
-    assert first.returncode == 130, stderr
-    assert "run the same command again to resume" in stderr.lower()
+        rest, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, rest
+    assert "run the same command again to resume" in rest.lower()
     assert not (out / "model.keras").exists()
 
     resumed = subprocess.run(
