@@ -77,6 +77,16 @@ def test_fit_accepts_numpy_pydataset_and_tf_data():
         assert np.isfinite(history.history["loss"][0])
 
 
+def test_backup_and_restore_resumes_a_ddpm(tmp_path):
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+    model = tiny_model()
+    model.fit(random_images(), epochs=2, batch_size=8, verbose=0, callbacks=[backup])
+    resumed = tiny_model()
+    history = resumed.fit(random_images(), epochs=3, batch_size=8, verbose=0, callbacks=[backup])
+    assert len(history.history["loss"]) == 1  # epochs 1-2 came from the backup
+    assert int(resumed.optimizer.iterations.numpy()) == 6
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("loss_type,min_snr_gamma", [("mse", None), ("mae", 5.0)])
 def test_every_prediction_and_loss_type_trains(prediction_type, loss_type, min_snr_gamma):

@@ -101,6 +101,9 @@ class DiffusionModel(keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._sampling_loops = {}
+        # The network arrives built; saying so lets callbacks such as
+        # BackupAndRestore load weights before the first batch.
+        self.built = True
 
     # ----------------------------------------------------------------- process
     def sample_noise_levels(self, batch_size):
