@@ -45,6 +45,7 @@ def register_commands(subparsers, common_arguments=None):
     """
     walk = subparsers.add_parser(
         "walk",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Stable Diffusion 3 latent walk, saved as a GIF or a PNG grid.",
         description=(
             "Walk through SD3's text-embedding or noise space. Kinds: "
@@ -58,7 +59,9 @@ def register_commands(subparsers, common_arguments=None):
     )
     _add_model_arguments(walk, common_arguments)
     walk.add_argument("--prompts", nargs="+", required=True, help="prompt(s) to walk")
-    walk.add_argument("--kind", choices=WALK_KINDS, default="interpolate")
+    walk.add_argument(
+        "--kind", choices=WALK_KINDS, default="interpolate", help="which walk (see above)"
+    )
     walk.add_argument("--frames", type=int, default=16, help="number of frames (>= 2)")
     walk.add_argument("--grid-size", type=int, default=4, help="cells per side for --kind grid")
     walk.add_argument("--step-size", type=float, default=0.01, help="for --kind around")
@@ -70,9 +73,9 @@ def register_commands(subparsers, common_arguments=None):
         action="store_true",
         help="new initial noise per frame (interpolate, grid)",
     )
-    walk.add_argument("--negative-prompt", default="")
+    walk.add_argument("--negative-prompt", default="", help="negative prompt, fixed for every frame")
     walk.add_argument("--batch-size", type=int, default=4, help="frames per compiled call")
-    walk.add_argument("--fps", type=float, default=8)
+    walk.add_argument("--fps", type=float, default=8, help="GIF frames per second")
     walk.add_argument("--loop", type=int, default=0, help="GIF repeats; 0 loops forever")
     walk.add_argument(
         "--rubber-band", action="store_true", help="GIF plays forwards then backwards"
@@ -82,6 +85,7 @@ def register_commands(subparsers, common_arguments=None):
 
     generate = subparsers.add_parser(
         "generate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Stable Diffusion 3 text-to-image, image-to-image or inpainting.",
         description=(
             "Generate images with SD3. With --image it redraws that image "
@@ -93,10 +97,15 @@ def register_commands(subparsers, common_arguments=None):
     )
     _add_model_arguments(generate, common_arguments)
     generate.add_argument("--prompt", nargs="+", required=True, help="prompt(s)")
-    generate.add_argument("--negative-prompt", default=None)
+    generate.add_argument(
+        "--negative-prompt", default=None, help="negative prompt"
+    )
     generate.add_argument("--image", default=None, help="input image for image-to-image")
     generate.add_argument("--mask", default=None, help="inpainting mask; white = repaint")
-    generate.add_argument("--strength", type=float, default=None)
+    generate.add_argument(
+        "--strength", type=float, default=None,
+        help="in [0, 1]: how far --image is redrawn; None means 0.8 for image-to-image, 0.6 for inpainting",
+    )
     generate.add_argument("--out", required=True, help="output .png")
     generate.set_defaults(sd3_command="generate")
     return walk, generate
