@@ -223,7 +223,8 @@ model = DDPM(net, DiscreteVPSchedule("cosine"), seed=0)
 model.compile()
 model.save(sys.argv[1])
 noise = np.random.default_rng(1).normal(size=(4, 8, 8, 1)).astype("float32")
-out = model.generate(4, sampler="ddim", num_steps=10, initial_noise=noise, verbose=False, return_float=True)
+out = model.generate(4, sampler="ddim", num_steps=10, initial_noise=noise, clip_sample=False, verbose=False,
+                     return_float=True)
 np.save(sys.argv[2], out)
 """
 
@@ -236,7 +237,10 @@ def test_a_model_saved_under_another_backend_loads_and_generates_the_same(tmp_pa
                    capture_output=True)
     model = keras.saving.load_model(path)
     noise = np.random.default_rng(1).normal(size=(4,) + SHAPE).astype("float32")
-    got = model.generate(4, sampler="ddim", num_steps=10, initial_noise=noise, verbose=False, return_float=True)
+    # No clipping: with random weights, x0 estimates sit far outside [-1, 1],
+    # and clipping turns float32 round-off at the boundary into large jumps.
+    got = model.generate(4, sampler="ddim", num_steps=10, initial_noise=noise, clip_sample=False, verbose=False,
+                         return_float=True)
     # Stated tolerance: float32 kernels differ across backends by ~1e-6 per op.
     np.testing.assert_allclose(got, np.load(expected_path), atol=1e-4)
 

@@ -241,9 +241,16 @@ class DiffusionModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs)."""
-        images = x.get("images") if isinstance(x, dict) else x
+        images = _images_of(x)
         if isinstance(images, np.ndarray):
             validate_images(images, expected_shape=self.image_shape)
+        elif isinstance(x, keras.utils.PyDataset):
+            self._check_images(np.asarray(_images_of(x[0])))
+        elif hasattr(x, "element_spec"):  # a tf.data.Dataset
+            self._check_images(_images_of(x.element_spec))
+        # Checked here, not only in call(): an error raised inside a JAX
+        # train step is masked by Keras' EMA finalization ("'NoneType' object
+        # is not callable").
         history = super().fit(x, y, *args, **kwargs)
         if getattr(self.optimizer, "use_ema", False):
             # fit() ends by assigning the EMA variables' values to the model's.
@@ -446,6 +453,15 @@ class DiffusionModel(keras.Model):
         return cls(**config)
 
 
+def _images_of(batch):
+    """The images of a batch given as an array, `(images, labels)` or a dict."""
+    if isinstance(batch, dict):
+        return batch.get("images")
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
 class _EMASwap:
     """Context manager: the optimizer's EMA weights in the model, then the raw ones back.
 
@@ -458,7 +474,15 @@ class _EMASwap:
         optimizer = getattr(model, "optimizer", None)
         averages = getattr(optimizer, "_model_variables_moving_average", None) if optimizer else None
         self.pairs = []
-        if enabled and optimizer is not None and optimizer.use_ema and averages:
+        # An average exists only once the optimizer has taken a step: a
+        # freshly built (or loaded-but-untrained) optimizer holds no average.
+        if (
+            enabled
+            and optimizer is not None
+            and optimizer.use_ema
+            and averages
+            and int(ops.convert_to_numpy(optimizer.iterations)) > 0
+        ):
             self.pairs = list(zip(model.trainable_variables, averages))
 
     def __enter__(self):
