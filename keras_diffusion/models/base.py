@@ -118,6 +118,14 @@ class DiffusionModel(keras.Model):
         """Returns `(alpha_t, sigma_t)` tensors of shape `(batch,)` for times `t`."""
         raise NotImplementedError
 
+    def network_time(self, t):
+        """The network's time input for times `t`, `(batch,)` float32.
+
+        The default passes `t` itself; a subclass whose network is conditioned
+        on something else (the keras.io DDIM's noise variance) overrides it.
+        """
+        return ops.cast(t, "float32")
+
     # ---------------------------------------------------------------- training
     def _unpack(self, inputs):
         if isinstance(inputs, dict):
@@ -171,7 +179,7 @@ class DiffusionModel(keras.Model):
         noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         a, s = append_dims(alpha, 4), append_dims(sigma, 4)
         noisy = a * images + s * noise
-        network_inputs = [noisy, ops.cast(t, "float32")]
+        network_inputs = [noisy, self.network_time(t)]
         if labels is not None:
             labels = ops.cast(labels, "int32")
             if training and self.label_dropout > 0:
@@ -262,7 +270,7 @@ class DiffusionModel(keras.Model):
 
     # -------------------------------------------------------------- generation
     def _network_output(self, x, t, labels=None, guidance_scale=None):
-        t = ops.cast(t, "float32")
+        t = self.network_time(t)
         if labels is None:
             return self.network([x, t], training=False)
         if guidance_scale is None:
