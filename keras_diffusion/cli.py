@@ -15,12 +15,12 @@ Example:
 """
 
 import argparse
-import json
 import os
 import sys
 import time
-import uuid
 
+from keras_diffusion.files import replace_atomically
+from keras_diffusion.files import write_json
 from keras_diffusion.sd3 import cli as sd3_cli
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -350,34 +350,6 @@ def _make_out_folder(path):
         ) from None
 
 
-def _replace_atomically(path, write):
-    """Calls `write(tmp_path)` on a temp file next to `path`, then renames it to `path`.
-
-    The temp name keeps the extension, because `Model.save` picks the
-    format from it. A failed write leaves `path` as it was.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _write_json(path, data):
-    def write(tmp):
-        with open(tmp, "w") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
-
-    return _replace_atomically(path, write)
-
-
 def _load_images(args, preset_shape):
     from keras_diffusion.datasets import load_dataset
 
@@ -509,7 +481,7 @@ def _train(args):
     train_seconds = time.perf_counter() - start
     # After a resume, `history` holds only the epochs run by this process.
     images_per_second = len(images) * len(history.epoch) / train_seconds
-    model_path = _replace_atomically(os.path.join(args.out, "model.keras"), model.save)
+    model_path = replace_atomically(os.path.join(args.out, "model.keras"), model.save)
 
     print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
     start = time.perf_counter()
@@ -534,7 +506,7 @@ def _train(args):
         "model": model_path,
         "samples": grid_path,
     }
-    log_path = _write_json(os.path.join(args.out, "train_log.json"), log)
+    log_path = write_json(os.path.join(args.out, "train_log.json"), log)
     print(
         f"Trained {len(history.epoch)} epoch(s) in {train_seconds:.1f} s "
         f"({images_per_second:.1f} images/s).\n"

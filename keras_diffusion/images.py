@@ -15,12 +15,12 @@ complete new one.
 """
 
 import math
-import os
-import uuid
 
 import keras
 import numpy as np
 from PIL import Image
+
+from keras_diffusion.files import write_bytes_atomically
 
 
 def _as_numpy(images):
@@ -61,41 +61,6 @@ def _check_channels(channels, allowed, name, shape):
             f"{', '.join(map(str, allowed))} channel(s) can be saved. "
             "Use 1 channel for grayscale or 3 for RGB."
         )
-
-
-def _atomic_write(path, write):
-    """Calls `write(file)` on a temp file next to `path`, then moves it there.
-
-    The temp file is removed if anything fails, so `path` is never left
-    half-written.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(
-            f"Cannot write {path!r}: the folder {folder!r} does not exist. "
-            f"Create it first (e.g. `os.makedirs({folder!r})`) or choose "
-            "another path."
-        )
-    if os.path.isdir(path):
-        raise IsADirectoryError(
-            f"Cannot write {path!r}: it is an existing folder. Pass a file "
-            "path such as 'samples.png' instead."
-        )
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # "xb" honours the umask (unlike mkstemp's 0600), so the final file
-        # gets the same permissions as any other file the user creates.
-        with open(tmp, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def _to_pil(image):
@@ -242,7 +207,7 @@ def save_png(path, image):
     if image.ndim == 3:
         _check_channels(image.shape[-1], (1, 3, 4), "image", image.shape)
     pil_image = _to_pil(image)
-    return _atomic_write(path, lambda file: pil_image.save(file, format="PNG"))
+    return write_bytes_atomically(path, lambda file: pil_image.save(file, format="PNG"))
 
 
 def save_grid(path, images, rows=None, padding=2):
@@ -311,4 +276,4 @@ def save_gif(path, frames, fps=8, loop=0):
             loop=loop,
         )
 
-    return _atomic_write(path, write)
+    return write_bytes_atomically(path, write)
