@@ -126,6 +126,89 @@ class DiffusionModel(keras.Model):
         """
         return ops.cast(t, "float32")
 
+    # ------------------------------------------------ the noise-level contract
+    # Samplers (`keras_diffusion.samplers`) work in "x0 + sigma * eps" space:
+    # for a variance-preserving process `x_t = alpha * x0 + sigma_vp * eps`,
+    # the sampler's state is `x = x_t / alpha` and its noise level is
+    # `sigma = sigma_vp / alpha` (Karras et al. 2022, "Elucidating the Design
+    # Space of Diffusion-Based Generative Models", sec. 2). A subclass that
+    # implements `sigmas`, `sigma_to_t`, `sigma_range`, `alpha_sigma` and
+    # `network_time` gets every sampler through `denoise`.
+    def sigmas(self, num_steps, timestep_spacing="leading"):
+        """The model's own sampling schedule of noise levels.
+
+        Args:
+            num_steps: the number of denoising steps.
+            timestep_spacing: how the steps are spread over the model's times
+                (for a discrete model: `"leading"`, `"trailing"` or
+                `"linspace"`, as in diffusers).
+
+        Returns:
+            A float32 numpy array of `num_steps + 1` descending noise levels
+            `sigma = sigma_vp / alpha`, ending with 0.
+
+        Example:
+        >>> model.sigmas(4)  # doctest: +SKIP
+        array([ 91.4,   4.5,   1.3,   0.35,   0. ], dtype=float32)
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement sigmas(num_steps, timestep_spacing).")
+
+    def sigma_to_t(self, sigma):
+        """The model times `t` (what `alpha_sigma`/`network_time` take) at noise levels `sigma`.
+
+        Args:
+            sigma: float tensor `(batch,)` of noise levels in sigma space.
+
+        Returns:
+            A float32 tensor `(batch,)`; fractional for a discrete model
+            (interpolated in log-sigma between training timesteps).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement sigma_to_t(sigma).")
+
+    @property
+    def sigma_range(self):
+        """`(sigma_min, sigma_max)`: the noise levels of the model's first and last training time."""
+        raise NotImplementedError(f"{type(self).__name__} must implement the sigma_range property.")
+
+    def denoise(self, x, sigma, labels=None, guidance_scale=None, clip_x0=False):
+        """The model's estimate of the clean sample: a k-diffusion style denoiser.
+
+        `x` is in sigma space (`x_t / alpha`). With `alpha = 1 / sqrt(1 + sigma**2)`
+        and `sigma_vp = sigma * alpha`, the network sees `x_t = alpha * x` at
+        time `sigma_to_t(sigma)` (fractional times work), and its output is
+        turned into `x0_hat` according to `prediction_type`. Classifier-free
+        guidance happens here, so every sampler supports it.
+
+        Args:
+            x: float tensor `(batch, H, W, C)` in sigma space.
+            sigma: noise levels, a float or a tensor `(batch,)`; positive.
+            labels: int labels `(batch,)`, for a conditional model.
+            guidance_scale: classifier-free guidance scale (needs `labels`);
+                the network's output is `uncond + scale * (cond - uncond)`.
+            clip_x0: clip `x0_hat` to [-1, 1].
+
+        Returns:
+            `x0_hat`, float32, shaped like `x`.
+
+        Example:
+        >>> x0 = model.denoise(x, model.sigmas(10)[0])  # doctest: +SKIP
+        """
+        x = ops.convert_to_tensor(x, "float32")
+        sigma = ops.convert_to_tensor(sigma, "float32")
+        if len(sigma.shape) == 0:
+            sigma = ops.broadcast_to(sigma, (ops.shape(x)[0],))
+        alpha = 1.0 / ops.sqrt(1.0 + ops.square(sigma))
+        a, s, sig = append_dims(alpha, 4), append_dims(sigma * alpha, 4), append_dims(sigma, 4)
+        out = self._network_output(a * x, self.sigma_to_t(sigma), labels, guidance_scale)
+        out = ops.cast(out, "float32")
+        if self.prediction_type == "epsilon":
+            x0 = x - sig * out
+        elif self.prediction_type == "sample":
+            x0 = out
+        else:  # v = alpha * eps - sigma_vp * x0, so x0 = alpha * x_t - sigma_vp * v
+            x0 = ops.square(a) * x - s * out
+        return ops.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
     # ---------------------------------------------------------------- training
     def _unpack(self, inputs):
         if isinstance(inputs, dict):
