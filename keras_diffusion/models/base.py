@@ -253,7 +253,9 @@ class DiffusionModel(keras.Model):
         """Noises a batch at random times and predicts; returns what the loss needs.
 
         Returns:
-            A dict with `"prediction"`, `"target"` and per-example `"weight"`.
+            A dict with `"prediction"`, `"target"`, per-example `"weight"`,
+            and the per-example `"alpha"` and `"sigma"` the batch was noised
+            with (for metrics such as DDIM's image loss).
         """
         images, labels = self._unpack(inputs)
         images = ops.cast(images, "float32")
@@ -276,7 +278,13 @@ class DiffusionModel(keras.Model):
             target = images
         else:
             target = a * noise - s * images
-        return {"prediction": prediction, "target": target, "weight": self._loss_weight(alpha, sigma)}
+        return {
+            "prediction": prediction,
+            "target": target,
+            "weight": self._loss_weight(alpha, sigma),
+            "alpha": alpha,
+            "sigma": sigma,
+        }
 
     def _loss_weight(self, alpha, sigma):
         if self.min_snr_gamma is None:
