@@ -18,13 +18,17 @@ from keras_diffusion import models
 from keras_diffusion import networks
 from keras_diffusion import processes
 from keras_diffusion import samplers
+from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import DiffusionModel
+from keras_diffusion.processes import ContinuousCosineSchedule
 from keras_diffusion.processes import DiscreteVPSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContinuousCosineSchedule",
+    "DDIM",
     "DDPM",
     "DiffusionModel",
     "DiscreteVPSchedule",

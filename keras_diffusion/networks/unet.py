@@ -12,6 +12,8 @@ import keras
 from keras import layers
 
 from keras_diffusion.networks.attention import SpatialSelfAttention
+from keras_diffusion.networks.ddim_unet import DDIM_UNET_PRESETS
+from keras_diffusion.networks.ddim_unet import build_ddim_unet
 from keras_diffusion.networks.embeddings import SinusoidalEmbedding
 
 UNET_PRESETS = {
@@ -279,22 +281,26 @@ def unet_from_preset(name, /, **overrides):
     Args:
         name: A key of `UNET_PRESETS`: `"ddpm_keras_io"` (64x64 RGB, the
             keras.io DDPM network) or `"mnist_small"` (32x32 grayscale, fast
-            on CPU).
+            on CPU); or of `DDIM_UNET_PRESETS`: `"ddim_keras_io"` (the
+            keras.io DDIM network, built by `build_ddim_unet`).
         **overrides: `build_unet` arguments replacing the preset's values,
             e.g. `num_classes=10` (`name=` names the model, since the
             preset name is positional-only).
 
     Returns:
-        The functional `keras.Model` returned by `build_unet`.
+        The functional `keras.Model` returned by `build_unet` (or
+        `build_ddim_unet`).
 
     Example:
     >>> model = unet_from_preset("mnist_small", num_classes=10)
     >>> [i.name for i in model.inputs]
     ['x', 't', 'labels']
     """
+    if name in DDIM_UNET_PRESETS:
+        return build_ddim_unet(**{**DDIM_UNET_PRESETS[name], **overrides})
     if name not in UNET_PRESETS:
         raise ValueError(
             f"Unknown U-Net preset {name!r}. Known presets: "
-            f"{sorted(UNET_PRESETS)}."
+            f"{sorted({**UNET_PRESETS, **DDIM_UNET_PRESETS})}."
         )
     return build_unet(**{**UNET_PRESETS[name], **overrides})
