@@ -26,8 +26,10 @@ from keras_diffusion.compile import CompiledLoop
 from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
 from keras_diffusion.processes import append_dims
+from keras_diffusion.samplers import SAMPLERS
 from keras_diffusion.samplers import get_sampler
-from keras_diffusion.samplers import make_sampling_loop
+from keras_diffusion.samplers import get_sigmas
+from keras_diffusion.samplers import run_steps
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LOSS_TYPES = ("mse", "mae")
@@ -108,10 +110,6 @@ class DiffusionModel(keras.Model):
     # ----------------------------------------------------------------- process
     def sample_noise_levels(self, batch_size):
         """Draws training times: returns `(t, alpha, sigma)`, each `(batch,)`."""
-        raise NotImplementedError
-
-    def sampling_tables(self, sampler, num_steps, timestep_spacing):
-        """Returns numpy `(timesteps, alphas_cumprod, alphas_cumprod_prev)`."""
         raise NotImplementedError
 
     def alpha_sigma(self, t):
@@ -374,38 +372,19 @@ class DiffusionModel(keras.Model):
         conditional, unconditional = ops.split(both, 2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
-    def predict_x0_eps(self, x, t, labels=None, guidance_scale=None):
-        """The network's estimate of the clean sample and of the noise at time `t`.
-
-        Args:
-            x: noisy samples `x_t`, `(batch, H, W, C)`.
-            t: times, `(batch,)`.
-            labels: int labels `(batch,)`, for a conditional model.
-            guidance_scale: classifier-free guidance scale (needs `labels`).
-
-        Returns:
-            `(x0_hat, eps_hat)`.
-        """
-        x = ops.convert_to_tensor(x, "float32")
-        out = ops.cast(self._network_output(x, t, labels, guidance_scale), "float32")
-        alpha, sigma = self.alpha_sigma(t)
-        a, s = append_dims(alpha, 4), append_dims(sigma, 4)
-        if self.prediction_type == "epsilon":
-            return (x - s * out) / a, out
-        if self.prediction_type == "sample":
-            return out, (x - a * out) / s
-        return a * x - s * out, a * out + s * x
-
-    def _get_loop(self, sampler, clip_sample, stochastic, conditional, guided):
-        key = (sampler, clip_sample, stochastic, conditional, guided)
+    def _get_loop(self, sampler, options, clip_x0, conditional, guided):
+        key = (sampler.name, tuple(sorted(options.items())), clip_x0, conditional, guided)
         if key not in self._sampling_loops:
 
-            def predict(x, t, *cond):
+            def loop(x, state, sigmas, seed, start, stop, *cond):
                 labels = cond[0] if conditional else None
                 scale = cond[1] if guided else None
-                return self.predict_x0_eps(x, t, labels, scale)
 
-            loop = make_sampling_loop(predict, get_sampler(sampler), clip_sample, stochastic)
+                def denoiser(x, sigma):
+                    return self.denoise(x, sigma, labels, scale, clip_x0=clip_x0)
+
+                return run_steps(sampler.step, denoiser, x, state, sigmas, seed, start, stop, **options)
+
             self._sampling_loops[key] = CompiledLoop(loop, self)
         return self._sampling_loops[key]
 
@@ -438,64 +417,9 @@ class DiffusionModel(keras.Model):
                 )
         return labels
 
-    def generate(
-        self,
-        num_images,
-        sampler="ddpm",
-        num_steps=None,
-        eta=0.0,
-        seed=None,
-        initial_noise=None,
-        labels=None,
-        guidance_scale=None,
-        timestep_spacing="leading",
-        clip_sample=True,
-        use_ema=True,
-        verbose=True,
-        return_float=False,
-    ):
-        """Generates images with a compiled sampling loop.
-
-        Args:
-            num_images: how many images.
-            sampler: `"ddpm"` (ancestral) or `"ddim"`.
-            num_steps: denoising steps; defaults to all training timesteps for
-                `"ddpm"` and 50 for `"ddim"`. At most the training timesteps.
-            eta: DDIM stochasticity (0 is deterministic).
-            seed: int; the same seed gives the same images on one backend.
-            initial_noise: `(num_images, H, W, C)` float array used instead
-                of the first noise draw (compare runs across backends or peers).
-            labels: int class labels, one per image (conditional models).
-            guidance_scale: classifier-free guidance scale (1 = conditional).
-            timestep_spacing: `"leading"`, `"trailing"` or `"linspace"`.
-            clip_sample: clip the predicted clean sample to [-1, 1] each step
-                (on by default, as in Ho et al.'s code and diffusers'
-                DDPM/DDIM schedulers: it keeps the first steps, where
-                `alpha_t` is near 0, from amplifying the model's error).
-            use_ema: sample with the optimizer's EMA weights when it keeps them.
-            verbose: show a progress bar.
-            return_float: return float32 images in [-1, 1] instead of uint8.
-
-        Returns:
-            uint8 numpy images `(num_images, H, W, C)`.
-
-        Example:
-        >>> images = model.generate(16, sampler="ddim", num_steps=50, seed=0)  # doctest: +SKIP
-        """
-        get_sampler(sampler)
-        labels = self._check_generate_args(num_images, labels, guidance_scale, initial_noise)
-        if num_steps is None:
-            num_steps = self.default_num_steps(sampler)
-        timesteps, alphas, alphas_prev = self.sampling_tables(sampler, num_steps, timestep_spacing)
-        if seed is None:
-            seed = secrets.randbelow(2**31 - 1)
-        if initial_noise is None:
-            shape = (num_images,) + self.image_shape
-            x = keras.random.normal(shape, seed=keras.random.SeedGenerator(seed))
-        else:
-            x = ops.convert_to_tensor(np.asarray(initial_noise, "float32"))
-        stochastic = sampler == "ddpm" or eta > 0
-        loop = self._get_loop(sampler, bool(clip_sample), stochastic, labels is not None, guidance_scale is not None)
+    def _run_sampler(self, x, sigmas, sampler, options, clip_x0, labels, guidance_scale, seed, use_ema, verbose):
+        """Runs a sampler over `sigmas` through the compiled loop, in chunks for the progress bar."""
+        loop = self._get_loop(sampler, options, clip_x0, labels is not None, guidance_scale is not None)
         cond = []
         if labels is not None:
             cond.append(ops.convert_to_tensor(labels.astype("int32")))
@@ -503,23 +427,171 @@ class DiffusionModel(keras.Model):
             cond.append(ops.convert_to_tensor(float(guidance_scale), "float32"))
         # A separate stream from the initial noise's, for the per-step noise.
         loop_seed = keras.random.SeedGenerator((seed * 7919 + 104729) % (2**31 - 1)).next()
-        tables = [ops.convert_to_tensor(a) for a in (timesteps.astype("int32"), alphas, alphas_prev)]
-        eta = ops.convert_to_tensor(float(eta), "float32")
-
-        num_steps = len(timesteps)
+        state = sampler.initial_state(x, options)
+        num_steps = len(sigmas) - 1
+        sigmas = ops.convert_to_tensor(sigmas, "float32")
         chunk = max(1, math.ceil(num_steps / 20))
         progbar = keras.utils.Progbar(num_steps, unit_name="step") if verbose else None
         with self._ema_weights(use_ema):
             for start in range(0, num_steps, chunk):
                 stop = min(start + chunk, num_steps)
-                x = loop(
-                    x, *tables, eta, loop_seed,
+                x, state = loop(
+                    x, state, sigmas, loop_seed,
                     ops.convert_to_tensor(start, "int32"), ops.convert_to_tensor(stop, "int32"), *cond,
                 )
                 if progbar is not None:
                     progbar.update(stop)
+        return x
+
+    def _sampler_options(self, sampler, eta, clip_sample, sampler_options):
+        """The options to run `sampler` with, and whether the denoiser clips `x0_hat`."""
+        options = dict(sampler_options or {})
+        if eta is not None:
+            if "eta" not in sampler.options:
+                with_eta = sorted(name for name, s in SAMPLERS.items() if "eta" in s.options)
+                raise ValueError(f"Sampler {sampler.name!r} takes no eta. Samplers with eta: {with_eta}.")
+            options["eta"] = float(eta)
+        if "clip_denoised" in sampler.options:  # DDIM clips x0 itself, as diffusers does
+            options["clip_denoised"] = bool(clip_sample)
+            clip_x0 = False
+        else:
+            clip_x0 = bool(clip_sample)
+        return sampler.resolve(options), clip_x0
+
+    def generate(
+        self,
+        num_images,
+        sampler="ddpm",
+        num_steps=None,
+        eta=None,
+        seed=None,
+        initial_noise=None,
+        labels=None,
+        guidance_scale=None,
+        timestep_spacing="leading",
+        sigma_schedule="model",
+        clip_sample=True,
+        use_ema=True,
+        verbose=True,
+        return_float=False,
+        sampler_options=None,
+    ):
+        """Generates images with any sampler, through a compiled sampling loop.
+
+        The loop runs `keras_diffusion.samplers` on `self.denoise`, compiled
+        once per shapes and options (`keras_diffusion.compile`), in chunks
+        that drive a progress bar.
+
+        Args:
+            num_images: how many images.
+            sampler: a name from `keras_diffusion.samplers.SAMPLERS`:
+                `"ddpm"`, `"ddim"`, `"euler"`, `"euler_ancestral"`, `"heun"`,
+                `"dpmpp_2m"`, `"dpmpp_2m_sde"` or `"lms"`.
+            num_steps: denoising steps; defaults to all training timesteps for
+                `"ddpm"` and 50 otherwise. `"heun"` evaluates the model
+                `2 * num_steps - 1` times (`samplers.num_model_evaluations`).
+            eta: stochasticity of `"ddim"` (default 0, deterministic),
+                `"euler_ancestral"` and `"dpmpp_2m_sde"` (default 1); other
+                samplers take none.
+            seed: int; the same seed gives the same images on one backend.
+            initial_noise: `(num_images, H, W, C)` standard normal noise used
+                instead of the first draw (compare runs across backends or
+                peers); the sampler starts from it times `sqrt(1 + sigma_max**2)`.
+            labels: int class labels, one per image (conditional models).
+            guidance_scale: classifier-free guidance scale (1 = conditional).
+            timestep_spacing: `"leading"`, `"trailing"` or `"linspace"`, for
+                `sigma_schedule="model"`.
+            sigma_schedule: `"model"` (the model's own `sigmas`), `"karras"`
+                (rho=7) or `"exponential"`, over `sigma_range`.
+            clip_sample: clip the predicted clean sample to [-1, 1] at each
+                model evaluation (on by default, as in diffusers' DDPM/DDIM
+                schedulers: it keeps the first steps from amplifying the
+                model's error). DDIM, like diffusers', clips `x0_hat` but
+                keeps the model's own noise estimate.
+            use_ema: sample with the optimizer's EMA weights when it keeps them.
+            verbose: show a progress bar.
+            return_float: return float32 images in [-1, 1] instead of uint8.
+            sampler_options: a dict of further sampler options, e.g.
+                `{"s_churn": 40.0}` for `"heun"` (see `keras_diffusion.samplers`).
+
+        Returns:
+            uint8 numpy images `(num_images, H, W, C)`.
+
+        Example:
+        >>> images = model.generate(16, sampler="dpmpp_2m", num_steps=20,
+        ...                         sigma_schedule="karras", seed=0)  # doctest: +SKIP
+        """
+        spec = get_sampler(sampler)
+        labels = self._check_generate_args(num_images, labels, guidance_scale, initial_noise)
+        options, clip_x0 = self._sampler_options(spec, eta, clip_sample, sampler_options)
+        if num_steps is None:
+            num_steps = self.default_num_steps(sampler)
+        sigmas = get_sigmas(self, num_steps, sigma_schedule, timestep_spacing)
+        if seed is None:
+            seed = secrets.randbelow(2**31 - 1)
+        if initial_noise is None:
+            shape = (num_images,) + self.image_shape
+            noise = keras.random.normal(shape, seed=keras.random.SeedGenerator(seed))
+        else:
+            noise = ops.convert_to_tensor(np.asarray(initial_noise, "float32"))
+        x = noise * float(np.sqrt(1.0 + np.float64(sigmas[0]) ** 2))
+        x = self._run_sampler(x, sigmas, spec, options, clip_x0, labels, guidance_scale, seed, use_ema, verbose)
         x = ops.convert_to_numpy(x)
         return x.astype("float32") if return_float else to_uint8(x)
+
+    def invert(
+        self,
+        images,
+        num_steps=50,
+        timestep_spacing="leading",
+        sigma_schedule="model",
+        labels=None,
+        guidance_scale=None,
+        use_ema=True,
+        verbose=False,
+    ):
+        """DDIM inversion: the noise from which deterministic DDIM generates `images`.
+
+        Runs the deterministic DDIM (probability-flow Euler) step backwards,
+        from the smallest nonzero noise level of the schedule up to the
+        largest, treating the images as samples at the smallest level (as
+        diffusers' `DDIMInverseScheduler` does). `generate(sampler="ddim",
+        initial_noise=noise, clip_sample=False)` with the same `num_steps`,
+        `timestep_spacing`, `sigma_schedule`, labels and guidance then
+        reproduces the images up to the inversion's discretization error.
+
+        Reference: Song, Meng & Ermon 2021, sec. 4.3 (DDIM as an ODE that
+        can be run in reverse); Mokady et al. 2023 (null-text inversion) use
+        the same construction.
+
+        Args:
+            images: float images in [-1, 1], `(N, H, W, C)`.
+            num_steps: the number of steps of the generation to invert.
+            timestep_spacing: as in `generate`.
+            sigma_schedule: as in `generate`.
+            labels: int labels `(N,)` (conditional models).
+            guidance_scale: classifier-free guidance scale (needs `labels`).
+            use_ema: use the optimizer's EMA weights when it keeps them.
+            verbose: show a progress bar.
+
+        Returns:
+            float32 numpy `(N, H, W, C)`: the `initial_noise` for `generate`.
+
+        Example:
+        >>> noise = model.invert(images, num_steps=50)  # doctest: +SKIP
+        >>> again = model.generate(len(images), sampler="ddim", num_steps=50,
+        ...                        initial_noise=noise, clip_sample=False)  # doctest: +SKIP
+        """
+        images = np.asarray(images, "float32")
+        self._check_images(images)
+        labels = self._check_generate_args(len(images), labels, guidance_scale, None)
+        sigmas = get_sigmas(self, num_steps, sigma_schedule, timestep_spacing)
+        options, _ = self._sampler_options(get_sampler("ddim"), 0.0, False, None)
+        x = self._run_sampler(
+            ops.convert_to_tensor(images), np.flip(sigmas[:-1]).copy(), get_sampler("ddim"), options, False,
+            labels, guidance_scale, 0, use_ema, verbose,
+        )
+        return ops.convert_to_numpy(x) / float(np.sqrt(1.0 + np.float64(sigmas[0]) ** 2))
 
     def default_num_steps(self, sampler):
         """The number of steps `generate` takes when `num_steps` is None."""

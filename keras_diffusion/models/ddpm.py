@@ -95,17 +95,6 @@ class DDPM(DiffusionModel):
     def default_num_steps(self, sampler):
         return self.schedule.num_train_timesteps if sampler == "ddpm" else 50
 
-    def sampling_tables(self, sampler, num_steps, timestep_spacing):
-        """Timesteps and `alphas_cumprod` at each step and at the step after it.
-
-        The step after the last one has `alphas_cumprod = 1` (diffusers'
-        `set_alpha_to_one=True`): the loop ends on the clean sample.
-        """
-        timesteps = self.schedule.inference_timesteps(num_steps, timestep_spacing)
-        alphas = self.schedule.alphas_cumprod[timesteps]
-        alphas_prev = np.append(alphas[1:], 1.0)
-        return timesteps, alphas.astype("float32"), alphas_prev.astype("float32")
-
     def get_config(self):
         config = super().get_config()
         config["schedule"] = self.schedule.get_config()

@@ -1,9 +1,13 @@
-"""The denoising loop shared by every discrete-time sampler.
+"""The one driver every sampler runs through.
 
-`make_sampling_loop` returns a function of tensors only, so that
-`keras_diffusion.compile.CompiledLoop` can compile it once per shapes.
-The loop runs steps `[start, stop)` of a schedule; calling it in chunks
-lets `generate` show a progress bar without a per-step `predict()`.
+A sampler is a step function
+`step(denoiser, x, state, i, sigmas, noise, **options) -> (x, state)` that
+moves `x` from noise level `sigmas[i]` to `sigmas[i + 1]`. `state` is a tuple
+of tensors shaped like `x` that multistep samplers carry between steps
+(previous denoised images or derivatives); `noise()` draws this step's
+standard normal noise. `run_steps` runs such a function over steps
+`[start, stop)` with `ops.fori_loop`, so a whole loop (or a chunk of it, to
+drive a progress bar) compiles to one program on every backend.
 """
 
 import keras
@@ -30,36 +34,48 @@ def step_noise(shape, seed, step):
 
     `seed` is a seed tensor as `keras.random.SeedGenerator(n).next()` returns
     it. The same `(seed, step)` gives the same noise on the same backend.
+
+    Example:
+    >>> seed = keras.random.SeedGenerator(0).next()
+    >>> a = step_noise((2, 3), seed, ops.convert_to_tensor(4))
+    >>> b = step_noise((2, 3), seed, ops.convert_to_tensor(4))
+    >>> bool(ops.all(a == b))
+    True
     """
     offset = ops.cast(ops.stack([ops.zeros_like(step), step]), seed.dtype)
     return keras.random.normal(shape, seed=_TensorSeed(seed + offset))
 
 
-def make_sampling_loop(predict, step_fn, clip_sample=False, stochastic=True):
-    """Builds `loop(x, timesteps, alphas, alphas_prev, eta, seed, start, stop, *cond)`.
+def run_steps(step, denoiser, x, state, sigmas, seed, start, stop, **options):
+    """Runs `step` for steps `[start, stop)` of `sigmas` with `ops.fori_loop`.
 
     Args:
-        predict: `predict(x, t, *cond) -> (x0_hat, eps_hat)`, with `t` an int
-            tensor of shape `(batch,)`.
-        step_fn: a step function from `keras_diffusion.samplers`.
-        clip_sample: clip `x0_hat` to [-1, 1] before each step.
-        stochastic: draw fresh noise each step (DDPM, or DDIM with eta > 0).
+        step: a step function (see the module docstring).
+        denoiser: `denoiser(x, sigma) -> x0_hat` with `sigma` of shape
+            `(batch,)`. Steps call it with a scalar noise level; it is
+            broadcast to the batch here.
+        x: the samples at noise level `sigmas[start]`, `(batch, ...)`.
+        state: the step function's carried tensors (a tuple, maybe empty).
+        sigmas: float32 tensor of noise levels, `(num_steps + 1,)`.
+        seed: a `(2,)` seed tensor for `step_noise`.
+        start: first step (int or int tensor).
+        stop: one past the last step.
+        **options: the step function's keyword options.
 
     Returns:
-        A function of tensors that returns `x` after steps `[start, stop)`.
+        `(x, state)` after step `stop - 1`.
     """
 
-    def loop(x, timesteps, alphas, alphas_prev, eta, seed, start, stop, *cond):
-        batch = ops.shape(x)[0]
+    def batched(x, sigma):
+        return denoiser(x, ops.broadcast_to(sigma, ops.shape(x)[:1]))
 
-        def body(i, x):
-            t = ops.broadcast_to(ops.take(timesteps, i), (batch,))
-            x0, eps = predict(x, t, *cond)
-            if clip_sample:
-                x0 = ops.clip(x0, -1.0, 1.0)
-            noise = step_noise(ops.shape(x), seed, i) if stochastic else None
-            return step_fn(x, x0, eps, ops.take(alphas, i), ops.take(alphas_prev, i), noise=noise, eta=eta)
+    def body(i, carry):
+        x, state = carry
 
-        return ops.fori_loop(start, stop, body, x)
+        def noise():
+            return step_noise(ops.shape(x), seed, i)
 
-    return loop
+        x, state = step(batched, x, state, i, sigmas, noise, **options)
+        return x, tuple(state)
+
+    return ops.fori_loop(start, stop, body, (x, tuple(state)))
