@@ -13,6 +13,7 @@ Example:
 
 from keras_diffusion import callbacks
 from keras_diffusion import datasets
+from keras_diffusion import distribution
 from keras_diffusion import images
 from keras_diffusion import models
 from keras_diffusion import networks

@@ -1,0 +1,78 @@
+"""Smoke test of `benchmarks.compare`: a couple of steps, no timing assertions.
+
+The current backend runs in this process, one other backend in a subprocess
+(parity outputs only), and the diffusers reference in this process when
+diffusers is installed.
+"""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from benchmarks import compare
+from benchmarks.diffusers_unet import diffusers_unet_kwargs
+
+BACKEND = keras.backend.backend()
+OTHER = {"jax": "tensorflow", "tensorflow": "torch", "torch": "jax"}[BACKEND]
+HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
+
+
+def test_smoke_run_writes_table_chart_and_small_parity(tmp_path):
+    cfg = compare.Config.smoke(train_steps=1, sample_steps=2, parity_steps=2, threads=1)
+    results, markdown = compare.run(
+        cfg, backends=[BACKEND], diffusers=HAS_DIFFUSERS, out=str(tmp_path),
+        in_process=(BACKEND, "diffusers"), parity_backends=[BACKEND, OTHER], timeout=300,
+    )
+    names = [row["name"] for row in results["rows"]]
+    assert names == [BACKEND] + (["diffusers"] if HAS_DIFFUSERS else [])
+    for row in results["rows"]:
+        for key in ("train_images_per_s", "sample_image_steps_per_s", "compile_s", "peak_rss_mb"):
+            assert row[key] >= 0, (row["name"], key)
+        assert 0 < row["eval_loss"] < 10 and np.isfinite(row["train_loss"])
+        assert row["flops"] > 0 and row["params"] > 0
+    if HAS_DIFFUSERS:
+        ours, peer = results["rows"]
+        # Matched layout: parameter counts agree within 1%.
+        assert abs(ours["params"] - peer["params"]) / peer["params"] < 0.01
+        assert abs(ours["flops"] - peer["flops"]) / peer["flops"] < 0.2
+    (pair,) = results["parity"]
+    assert pair["pair"] == f"{BACKEND} vs {OTHER}"
+    assert pair["network"] < compare.PARITY_TOLERANCE["network"]
+    assert pair["ddim"] < compare.PARITY_TOLERANCE["ddim"]
+    # Nonzero: the check compares informative outputs, not two zero arrays.
+    assert pair["network"] > 0 or pair["ddim"] > 0
+
+    lines = markdown.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == [title for title, _ in compare.report.COLUMNS]
+    body = [line.split("|")[1].strip() for line in lines[2:2 + len(names)]]
+    assert body == names
+    assert "Intel" in markdown or "cores available" in markdown
+    assert (tmp_path / "compare.md").read_text() == markdown
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["machine"]["versions"]["keras"] == keras.__version__
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp files left
+
+
+def test_keras_flops_counts_a_conv_analytically():
+    inputs = keras.Input((8, 8, 3))
+    network = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    assert compare.keras_flops(network) == 2 * 8 * 8 * 3 * 3 * 3 * 4
+
+
+def test_diffusers_layout_mirrors_the_keras_unet():
+    kwargs = diffusers_unet_kwargs(compare.NETWORKS["mnist_small"])
+    assert kwargs["down_block_types"] == ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D")
+    assert kwargs["up_block_types"] == ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    with pytest.raises(ValueError, match="dropout"):
+        diffusers_unet_kwargs({**compare.NETWORKS["tiny"], "dropout": 0.1})
+
+
+def test_bad_backend_names_fail_clearly():
+    with pytest.raises(ValueError, match="subset of"):
+        compare.run(compare.Config.smoke(), backends=["mxnet"])
