@@ -1,0 +1,142 @@
+"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer.
+
+Both keras.io examples read the dataset through `tensorflow_datasets`, centre-crop
+each image to a square and resize it (with antialiasing) to 64x64. This module
+does the same when `tensorflow_datasets` is installed and can download the data;
+otherwise the examples take `--image-folder DIR`, a folder of images that is
+centre-cropped and resized the same way (`keras_diffusion.datasets.load_image_folder`).
+"""
+
+import time
+
+import numpy as np
+from PIL import Image
+
+import keras
+
+from keras_diffusion.datasets import DatasetUnavailableError
+from keras_diffusion.datasets import load_image_folder
+from keras_diffusion.images import to_model_range
+
+OFFLINE_HELP = (
+    "Pass --image-folder DIR with a folder of flower images instead (any images "
+    "work: they are centre-cropped and resized), or install tensorflow-datasets "
+    "on a machine with network access."
+)
+
+
+def _crop_resize(image, image_size):
+    """Centre square crop, then an antialiased resize, as keras.io's preprocessing does."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = Image.fromarray(image[top : top + side, left : left + side])
+    return np.asarray(crop.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None))
+
+
+def load_flowers(split, image_size=64, image_folder=None, max_images=None):
+    """Loads Oxford Flowers 102 (or a folder of images) as float32 images in [-1, 1].
+
+    Args:
+        split: a `tensorflow_datasets` split string, e.g. `"train"` (keras.io
+            DDPM) or `"train[:80%]+validation[:80%]+test[:80%]"` (keras.io DDIM).
+            Ignored for an image folder.
+        image_size: output height and width.
+        image_folder: a folder of images to use instead of the dataset.
+        max_images: keep at most this many images (for smoke runs).
+
+    Returns:
+        `(images, source)`: float32 `(N, image_size, image_size, 3)` in [-1, 1],
+        and a short description of where they came from.
+
+    Raises:
+        DatasetUnavailableError: if `tensorflow_datasets` is missing or the
+            download fails; the message says to pass `--image-folder`.
+    """
+    if image_folder is not None:
+        images, _ = load_image_folder(image_folder, image_size=image_size, max_images=max_images)
+        return images, f"{len(images)} images from the folder {image_folder}"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DatasetUnavailableError(f"tensorflow_datasets is not installed. {OFFLINE_HELP}") from err
+    try:
+        dataset = tfds.load("oxford_flowers102", split=split, shuffle_files=False)
+        images = []
+        for example in tfds.as_numpy(dataset):
+            images.append(_crop_resize(example["image"], image_size))
+            if max_images is not None and len(images) == max_images:
+                break
+    except Exception as err:  # tfds raises many types for a failed download
+        raise DatasetUnavailableError(
+            f"Could not load oxford_flowers102 through tensorflow_datasets "
+            f"({type(err).__name__}: {err}). {OFFLINE_HELP}"
+        ) from err
+    return to_model_range(np.stack(images)), f"{len(images)} images of oxford_flowers102[{split}]"
+
+
+def split_train_validation(images, validation_fraction=0.2, seed=0):
+    """Shuffles and splits an image folder 80/20, as keras.io's DDIM splits the flowers."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    count = max(1, int(round(len(images) * validation_fraction)))
+    return images[order[count:]], images[order[:count]]
+
+
+class RepeatedBatches(keras.utils.PyDataset):
+    """Shuffled batches that go over the images `repetitions` times per epoch.
+
+    keras.io's DDIM repeats the dataset 5 times per epoch (so that the costly
+    KID is measured less often); its DDPM flips images left/right at random.
+    Only full batches are served (keras.io uses `drop_remainder=True`).
+
+    Args:
+        images: float32 `(N, H, W, C)`.
+        batch_size: images per batch.
+        repetitions: passes over the images per epoch.
+        flip: flip each image left/right with probability 1/2.
+        seed: shuffling and flipping seed.
+    """
+
+    def __init__(self, images, batch_size, repetitions=1, flip=False, seed=0):
+        super().__init__()
+        if len(images) * repetitions < batch_size:
+            raise ValueError(
+                f"{len(images)} images x {repetitions} repetitions make less than one batch of "
+                f"{batch_size}. Use more images or a smaller --batch-size."
+            )
+        self.images = images
+        self.batch_size = batch_size
+        self.repetitions = repetitions
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return len(self.images) * self.repetitions // self.batch_size
+
+    def on_epoch_end(self):
+        self.order = np.concatenate([self.rng.permutation(len(self.images)) for _ in range(self.repetitions)])
+
+    def __getitem__(self, index):
+        batch = self.images[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
+        if self.flip:
+            flips = self.rng.random(len(batch)) < 0.5
+            batch = np.where(flips[:, None, None, None], batch[:, :, ::-1], batch)
+        return batch
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of each epoch, from its start to this callback's `on_epoch_end`.
+
+    Place it before callbacks whose time should not count (sample grids).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
