@@ -202,3 +202,58 @@ def test_choices_match_the_library():
     assert cli.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
     assert cli.PREDICTION_TYPES == PREDICTION_TYPES
     assert cli.LOSS_TYPES == LOSS_TYPES
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    """A tiny untrained 16x16 DDPM saved as .keras: its samples are noise."""
+    from keras_diffusion import DDPM, DiscreteVPSchedule
+    from keras_diffusion.networks import build_unet
+
+    network = build_unet((16, 16, 1), widths=(8, 16), num_res_blocks=1, attention_resolutions=(), norm_groups=4)
+    path = tmp_path_factory.mktemp("evaluate") / "tiny.keras"
+    DDPM(network, DiscreteVPSchedule("cosine", num_train_timesteps=20), seed=0).save(path)
+    return path
+
+
+def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
+    import numpy as np
+
+    from keras_diffusion import metrics
+
+    out = tmp_path / "metrics.json"
+    args = ["evaluate", "--model", str(untrained_model), "--num-images", "6", "--batch-size", "4",
+            "--steps", "2", "--json", str(out)]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "Feature extractor: mnist_classifier" in text
+    results = json.loads(out.read_text())
+    assert (results["feature_extractor"], results["num_generated"], results["num_real"], results["image_size"]) == (
+        "mnist_classifier", 6, 6, 16)
+    for key, label in (("fid", "FID"), ("kid", "KID"), ("inception_score", "IS")):
+        assert f"{label}:" in text and np.isfinite(results[key])
+    # Noise against digits: far apart, and the noise is no digit in particular.
+    assert results["fid"] > 100 and results["kid"] > 1
+    real, _ = metrics.mnist_held_out(image_size=16, num_images=6)
+    probabilities = metrics.mnist_classifier_probabilities()(real)
+    expected = float(metrics.inception_score_from_probabilities(probabilities))
+    assert results["real_inception_score"] == pytest.approx(expected, rel=1e-4)
+    assert 1.0 <= results["inception_score"] < results["real_inception_score"]
+
+
+def test_evaluate_errors(untrained_model, tmp_path, capsys):
+    from keras_diffusion import DDPM
+    from keras_diffusion.networks import build_unet
+
+    assert cli.main(["evaluate", "--model", str(tmp_path / "missing.keras")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    missing_folder = tmp_path / "no" / "r.json"
+    assert cli.main(["evaluate", "--model", str(untrained_model), "--json", str(missing_folder)]) == 2
+    assert "for --json" in capsys.readouterr().err
+    rgb = tmp_path / "rgb.keras"
+    DDPM(build_unet((8, 8, 3), widths=(4,), num_res_blocks=1, attention_resolutions=(), norm_groups=2)).save(rgb)
+    assert cli.main(["evaluate", "--model", str(rgb), "--num-images", "2"]) == 2
+    assert "square and grayscale" in capsys.readouterr().err
+    from keras_diffusion.metrics import FEATURE_EXTRACTORS
+
+    assert cli.FEATURE_EXTRACTORS == FEATURE_EXTRACTORS
