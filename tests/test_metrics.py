@@ -229,7 +229,18 @@ def test_inception_offline_error(monkeypatch, tmp_path):
         metrics.KID(feature_extractor="inception")
     assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(info.value)
     assert "feature_extractor='mnist'" in str(info.value)
-    with pytest.raises(ConnectionError, match="inception_v3_weights_tf_dim_ordering_tf_kernels.h5"):
-        metrics.InceptionScore(feature_extractor="inception")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         metrics.inception_features(weights=str(tmp_path / "missing.h5"))
+
+
+def test_config_round_trip():
+    kid = metrics.KID(feature_extractor="mnist", name="kid_mnist")
+    restored = metrics.KID.from_config(kid.get_config())
+    assert (restored.name, restored.feature_extractor_name) == ("kid_mnist", "mnist_classifier")
+    fid = metrics.FID.from_config(metrics.FID(feature_extractor=None, num_features=3).get_config())
+    assert (fid.feature_extractor, fid.num_features) == (None, 3)
+    score = metrics.InceptionScore.from_config(metrics.InceptionScore(feature_extractor="mnist").get_config())
+    assert score.num_classes == 10
+    custom = metrics.KID(feature_extractor=_tiny_extractor_model())
+    with pytest.raises(ValueError, match="custom feature extractor 'sequential"):
+        metrics.KID.from_config(custom.get_config())

@@ -53,14 +53,24 @@ class ExtractorMetric(keras.metrics.Metric):
 
     def get_config(self):
         config = super().get_config()
-        if self._extractor_argument is None and self.feature_extractor is not None:
-            raise NotImplementedError(
-                f"{type(self).__name__} with a custom feature extractor cannot be "
-                "serialized; create it in code instead."
-            )
-        config["feature_extractor"] = self._extractor_argument
+        if self.feature_extractor is None or self._extractor_argument is not None:
+            config["feature_extractor"] = self._extractor_argument
+        else:
+            # Saving a compiled model must not fail over a metric; loading it says what is missing.
+            config["custom_feature_extractor"] = self.feature_extractor.name
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        custom = config.pop("custom_feature_extractor", None)
+        if custom is not None:
+            raise ValueError(
+                f"This {cls.__name__} was saved with the custom feature extractor "
+                f"{custom!r}, which cannot be saved. Create the metric in code with "
+                "that extractor."
+            )
+        return cls(**config)
 
 def accumulator_dtype():
     """"float64" where the backend computes in it, else "float32".
