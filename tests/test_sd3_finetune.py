@@ -1,0 +1,203 @@
+"""Flow-matching fine-tuning of the tiny SD3: draws, loss, training, resume."""
+
+import functools
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_diffusion import sd3
+from keras_diffusion.sd3 import data
+from keras_diffusion.sd3.finetune import (
+    FlowMatchingTrainer,
+    count_params,
+    sample_t,
+    shift_sigma,
+)
+from tests.sd3_fixtures import tiny_setup, torch_single_thread  # noqa: F401
+
+
+def fresh_model():
+    """A private copy of the tiny model: training changes weights in place."""
+    return sd3.from_preset(tiny_setup().preset_dir)
+
+
+def synthetic_set(count=8):
+    """Two kinds of images with their own captions: flat red and flat blue."""
+    rng = np.random.default_rng(0)
+    images = np.zeros((count, 32, 32, 3), np.uint8)
+    images[: count // 2, ..., 0] = 220
+    images[count // 2 :, ..., 2] = 220
+    images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+    captions = ["a red square"] * (count // 2) + ["a blue square"] * (count // 2)
+    return data.CaptionedImages(images, captions, [f"{i}.png" for i in range(count)])
+
+
+@functools.cache
+def cached_set():
+    """The synthetic set encoded once by the shared tiny model (not trained)."""
+    return data.cache_examples(tiny_setup().model, synthetic_set(8), batch_size=8)
+
+
+def test_sample_t_follows_each_density():
+    n = 20000
+    u_grid = (np.arange(200000) + 0.5) / 200000
+    mode = 1 - u_grid - 1.29 * (np.cos(np.pi * u_grid / 2) ** 2 - 1 + u_grid)
+    t = ops.convert_to_numpy(sample_t(n, "logit_normal", seed=1, logit_mean=0.5, logit_std=0.8))
+    logits = np.log(t / (1 - t))
+    assert abs(logits.mean() - 0.5) < 0.03 and abs(logits.std() - 0.8) < 0.03
+    t = ops.convert_to_numpy(sample_t(n, "mode", seed=2, mode_scale=1.29))
+    # Moments against the density's analytic transform of U(0, 1).
+    assert abs(t.mean() - mode.mean()) < 0.01
+    assert abs((t**2).mean() - (mode**2).mean()) < 0.01
+    assert (t**2).mean() < 1 / 3 - 0.02  # more mass in the middle than U(0, 1)
+    t = ops.convert_to_numpy(sample_t(n, "uniform", seed=3))
+    assert 0 <= t.min() and t.max() <= 1 and abs(t.mean() - 0.5) < 0.01
+    with pytest.raises(ValueError, match="weighting_scheme"):
+        sample_t(2, "cosine", seed=0)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(shift_sigma(np.array([0.0, 0.25, 1.0], "float32"), 3.0)),
+        [0.0, 0.5, 1.0],
+        atol=1e-6,
+    )
+
+
+def test_call_noises_with_the_documented_formula():
+    """target = eps - x, noisy = (1 - sigma) x + sigma eps, at timestep 1000 sigma."""
+    model = tiny_setup().model
+    trainer = FlowMatchingTrainer(model.backbone, seed=5, weighting_scheme="uniform", shift=2.0)
+    cached = cached_set()
+    inputs = {name: cached[name][:2] for name in ("latents", "context", "pooled_projection")}
+    outputs = trainer(inputs)
+    replay = keras.random.SeedGenerator(5)
+    t = sample_t(2, "uniform", replay)
+    sigma = ops.convert_to_numpy(shift_sigma(t, 2.0))
+    noise = ops.convert_to_numpy(keras.random.normal((2, 4, 4, 16), seed=replay))
+    latents = inputs["latents"]
+    np.testing.assert_allclose(ops.convert_to_numpy(outputs["target"]), noise - latents, atol=1e-6)
+    s = sigma[:, None, None, None]
+    expected = model.backbone.diffuser(
+        {
+            "latent": (1 - s) * latents + s * noise,
+            "context": inputs["context"],
+            "pooled_projection": inputs["pooled_projection"],
+            "timestep": (sigma * 1000)[:, None],
+        }
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(outputs["prediction"]), ops.convert_to_numpy(expected), atol=1e-5
+    )
+
+
+def test_raw_inputs_are_encoded_like_the_cache():
+    """Images and token ids go through the frozen VAE and text encoders in call()."""
+    model = tiny_setup().model
+    raw = data.raw_examples(model, synthetic_set(8))
+    cached = cached_set()
+    from_raw = FlowMatchingTrainer(model.backbone, seed=9)(
+        {"images": raw["images"][:2].astype("float32") / 127.5 - 1,
+         "token_ids": {name: ids[:2] for name, ids in raw["token_ids"].items()}}
+    )
+    from_cache = FlowMatchingTrainer(model.backbone, seed=9)(
+        {name: cached[name][:2] for name in ("latents", "context", "pooled_projection")}
+    )
+    for name in ("target", "prediction"):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(from_raw[name]), ops.convert_to_numpy(from_cache[name]), atol=1e-4
+        )
+
+
+def test_only_the_mmdit_trains_and_bad_options_fail():
+    model = fresh_model()
+    trainer = FlowMatchingTrainer(model.backbone, seed=0)
+    trainable = {id(v) for v in trainer.trainable_variables}
+    assert trainable == {id(v) for v in model.backbone.diffuser.weights}
+    assert count_params(trainer.trainable_variables) == model.backbone.diffuser.count_params()
+    with pytest.raises(ValueError, match="Nothing to train"):
+        FlowMatchingTrainer(model.backbone, train_diffuser=False)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        FlowMatchingTrainer(model.backbone, loss_weighting="snr")
+    with pytest.raises(ValueError, match="own loss"):
+        trainer.compile(loss="mse")
+
+
+def test_prior_term_enters_the_loss_with_its_weight():
+    model = tiny_setup().model
+    batch = {name: value[:4] for name, value in cached_set().items() if name != "flipped_latents"}
+    batch["prior"] = np.array([0, 0, 1, 1], "float32")
+    trainer = FlowMatchingTrainer(model.backbone, seed=3)
+    y_pred = trainer(batch)
+    per_example = np.mean(
+        (ops.convert_to_numpy(y_pred["prediction"]) - ops.convert_to_numpy(y_pred["target"])) ** 2,
+        axis=(1, 2, 3),
+    )
+    instance, prior = per_example[:2].mean(), per_example[2:].mean()
+    losses = {}
+    for weight in (0.0, 1.0, 2.5):
+        trainer.prior_loss_weight = weight
+        losses[weight] = float(ops.convert_to_numpy(trainer.compute_loss(y_pred=y_pred)))
+        np.testing.assert_allclose(losses[weight], instance + weight * prior, rtol=1e-5)
+    assert losses[0.0] == pytest.approx(instance, rel=1e-5)  # lambda = 0: no prior term
+    assert losses[2.5] > losses[1.0] > losses[0.0]
+
+
+def test_loss_falls_and_a_resumed_run_continues_from_its_step(tmp_path):
+    model = fresh_model()
+    cached = cached_set()
+    backup = str(tmp_path / "backup")
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 3:
+                raise RuntimeError("simulated crash")
+
+    trainer = FlowMatchingTrainer(model.backbone, seed=0)
+    trainer.compile(keras.optimizers.AdamW(2e-3))
+    record = keras.callbacks.History()
+    batches = data.TrainingBatches(cached, 4, seed=0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(
+            batches,
+            epochs=6,
+            verbose=0,
+            callbacks=[
+                record,
+                keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+                Crash(),
+            ],
+        )
+    first = record.history["loss"]
+    assert first[-1] < 0.9 * first[0], first
+
+    resumed_model = fresh_model()
+    resumed = FlowMatchingTrainer(resumed_model.backbone, seed=0)
+    resumed.compile(keras.optimizers.AdamW(2e-3))
+    history = resumed.fit(
+        data.TrainingBatches(cached, 4, seed=0),
+        epochs=6,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+    )
+    # Epochs 0-3 came from the backup (2 steps each); two more ran.
+    assert len(history.history["loss"]) == 2
+    assert int(ops.convert_to_numpy(resumed.optimizer.iterations)) == 12
+    assert history.history["loss"][-1] < first[0]
+
+
+@pytest.mark.slow  # ~30 s on JAX: one more compiled train step
+def test_options_from_keras_optimizers_train():
+    """Gradient accumulation, clipping and EMA are the optimizer's."""
+    model = fresh_model()
+    before = [ops.convert_to_numpy(v) for v in model.backbone.diffuser.weights]
+    trainer = FlowMatchingTrainer(model.backbone, seed=0, weighting_scheme="mode", loss_weighting="cosmap")
+    optimizer = keras.optimizers.AdamW(
+        1e-3, gradient_accumulation_steps=2, global_clipnorm=1.0, use_ema=True, ema_momentum=0.5
+    )
+    trainer.compile(optimizer)
+    history = trainer.fit(data.TrainingBatches(cached_set(), 4, seed=0), epochs=2, verbose=0)
+    assert all(math.isfinite(loss) for loss in history.history["loss"])
+    assert int(ops.convert_to_numpy(optimizer.iterations)) == 2  # 4 batches, 2 accumulated
+    after = [ops.convert_to_numpy(v) for v in model.backbone.diffuser.weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
