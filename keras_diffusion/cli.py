@@ -28,7 +28,8 @@ BACKENDS = ("jax", "tensorflow", "torch")
 # spelled out here because reading them would import Keras before --backend
 # is known.
 DATASETS = ("mnist", "digits", "keras_mnist", "fashion_mnist", "cifar10")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "lms")
+SIGMA_SCHEDULES = ("model", "karras", "exponential")
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LOSS_TYPES = ("mse", "mae")
@@ -105,7 +106,13 @@ def _add_common_args(parser):
 
 def _add_sampling_args(parser):
     group = parser.add_argument_group("sampling")
-    group.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="ddim",
+        help="sampler (keras_diffusion.samplers); heun evaluates the model 2 * steps - 1 times, "
+        "the others once per step",
+    )
     group.add_argument(
         "--steps",
         type=_positive_int,
@@ -116,8 +123,16 @@ def _add_sampling_args(parser):
         "--eta",
         type=float,
         default=1.0,
-        help="DDIM stochasticity: 0 is deterministic DDIM, 1 adds fresh noise at each "
-        "step like DDPM, which forgives a briefly trained model's errors far better",
+        help="stochasticity of ddim, euler_ancestral and dpmpp_2m_sde (the other samplers "
+        "have none): 0 is deterministic DDIM, 1 adds fresh noise at each step like DDPM, "
+        "which forgives a briefly trained model's errors far better",
+    )
+    group.add_argument(
+        "--sigma-schedule",
+        choices=SIGMA_SCHEDULES,
+        default="model",
+        help="noise levels to visit: the model's own (spaced by --timestep-spacing), "
+        "karras (rho=7) or exponential",
     )
     group.add_argument(
         "--timestep-spacing",
@@ -478,13 +493,18 @@ def _fit(args, model, images):
 
 
 def _generate_kwargs(args):
-    return {
+    from keras_diffusion.samplers import get_sampler
+
+    kwargs = {
         "sampler": args.sampler,
         "num_steps": args.steps,
-        "eta": args.eta,
         "timestep_spacing": args.timestep_spacing,
+        "sigma_schedule": args.sigma_schedule,
         "clip_sample": args.clip_sample,
     }
+    if "eta" in get_sampler(args.sampler).options:
+        kwargs["eta"] = args.eta
+    return kwargs
 
 
 def _train(args):
@@ -679,7 +699,7 @@ def main(argv=None):
         return 2
     try:
         _select_backend(args.backend, restart=argv is None)
-        commands = {"train": _train, "sample": _sample, "evaluate": _evaluate, "walk": sd3_cli.run, "generate": sd3_cli.run}
+        commands = {"train": _train, "sample": _sample, "evaluate": _evaluate, "walk": sd3_cli.run, "generate": sd3_cli.run, "finetune": sd3_cli.run}
         return commands[args.command](args)
     except (ValueError, OSError) as err:
         # OSError covers FileNotFoundError and ConnectionError (a dataset

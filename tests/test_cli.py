@@ -155,9 +155,9 @@ def test_train_rejects_steps_over_timesteps_before_loading_data(tmp_path, capsys
 
 def test_unknown_sampler_is_an_argparse_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sample", "--model", "m.keras", "--out", "g.png", "--sampler", "euler"])
+        cli.main(["sample", "--model", "m.keras", "--out", "g.png", "--sampler", "plms"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'euler'" in capsys.readouterr().err
+    assert "invalid choice: 'plms'" in capsys.readouterr().err
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
@@ -194,9 +194,10 @@ def test_choices_match_the_library():
     from keras_diffusion.datasets import DATASETS
     from keras_diffusion.models.base import LOSS_TYPES, PREDICTION_TYPES
     from keras_diffusion.processes import BETA_SCHEDULES, TIMESTEP_SPACINGS
-    from keras_diffusion.samplers import SAMPLERS
+    from keras_diffusion.samplers import SAMPLERS, SIGMA_SCHEDULES
 
     assert set(cli.SAMPLERS) == set(SAMPLERS)
+    assert cli.SIGMA_SCHEDULES == SIGMA_SCHEDULES
     assert cli.DATASETS == DATASETS
     assert cli.BETA_SCHEDULES == BETA_SCHEDULES
     assert cli.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS

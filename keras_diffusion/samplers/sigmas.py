@@ -36,7 +36,7 @@ def karras_sigmas(num_steps, sigma_min, sigma_max, rho=7.0):
 
     Example:
     >>> [round(float(s), 3) for s in karras_sigmas(3, 0.1, 10.0)]
-    [10.0, 1.698, 0.1, 0.0]
+    [10.0, 1.451, 0.1, 0.0]
     """
     _check(num_steps, sigma_min, sigma_max)
     ramp = np.linspace(0.0, 1.0, num_steps)
