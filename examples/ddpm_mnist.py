@@ -78,7 +78,7 @@ def main():
     timer = EpochTimer()
     grids = kd.callbacks.SampleGrid(
         os.path.join(args.out, "epochs"), num_images=36, sampler="ddpm", num_steps=args.sample_steps,
-        clip_sample=True,
+        clip_sample=True, verbose=False,
     )
     print(
         f"Training a DDPM ({network.count_params():,} parameters) on {keras.backend.backend()} for "

@@ -156,6 +156,17 @@ def test_deterministic_ddim_equals_euler(trained):
     assert model.generate(3, seed=0, num_steps=2, verbose=False).dtype == np.uint8
 
 
+def test_invert_works_in_the_normalized_space():
+    # The untrained network predicts zero noise, so DDIM and its inversion are exact
+    # identities in sigma space: only the normalization is left to get right.
+    model = DDIM(build_ddim_unet(SHAPE, widths=(8, 16), block_depth=1, embedding_dims=8), kid_feature_extractor=None)
+    x = images(2)
+    model.adapt(images(32))
+    noise = model.invert(x, num_steps=3)
+    back = model.generate(2, num_steps=3, initial_noise=noise, verbose=False, return_float=True)
+    np.testing.assert_allclose(back, x, atol=1e-5)
+
+
 def test_keras_file_round_trip(trained, tmp_path):
     model, _ = trained
     path = str(tmp_path / "ddim.keras")

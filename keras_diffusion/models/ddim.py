@@ -266,6 +266,22 @@ class DDIM(DiffusionModel):
         x = ops.convert_to_numpy(self.denormalize(x))
         return x.astype("float32") if return_float else to_uint8(x)
 
+    def invert(self, images, num_steps=None, timestep_spacing="trailing", **kwargs):
+        """DDIM inversion of images in [-1, 1]: `DiffusionModel.invert` in the normalized space.
+
+        `generate(len(images), initial_noise=noise, num_steps=num_steps)` with
+        the same steps and spacing then gives the images back, up to the
+        inversion's discretization error.
+
+        Returns:
+            float32 numpy `(N, H, W, C)`: the `initial_noise` for `generate`.
+        """
+        images = np.asarray(images, "float32")
+        self._check_images(images)
+        normalized = ops.convert_to_numpy(self.normalize(images))
+        num_steps = self.num_steps if num_steps is None else num_steps
+        return super().invert(normalized, num_steps=num_steps, timestep_spacing=timestep_spacing, **kwargs)
+
     # ------------------------------------------------------------ serialization
     def get_config(self):
         config = super().get_config()
