@@ -8,8 +8,14 @@ A subclass supplies the process (how `t` is drawn and what `alpha(t)`,
   the prediction with its target. So plain `compile()` + `fit()` trains on
   TensorFlow, JAX and PyTorch, from numpy arrays, `tf.data` or a
   `keras.utils.PyDataset`.
+- `denoise()` turns the network into a k-diffusion denoiser in sigma space
+  (`x0_hat` from `x = x_t / alpha` at noise level `sigma`), with
+  classifier-free guidance, so every sampler in `keras_diffusion.samplers`
+  works on every model that implements `sigmas`, `sigma_to_t` and
+  `sigma_range`.
 - `generate()` runs a sampler's whole loop compiled once per backend
-  (`keras_diffusion.compile`), in chunks that drive a progress bar.
+  (`keras_diffusion.compile`), in chunks that drive a progress bar;
+  `invert()` runs DDIM backwards (image to noise).
 
 Inputs to `fit()`: a float batch of images in [-1, 1], shape `(N, H, W, C)`,
 or for class-conditional models a dict `{"images": ..., "labels": ...}`.

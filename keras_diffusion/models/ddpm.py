@@ -14,9 +14,10 @@ class DDPM(DiffusionModel):
 
     Training draws integer timesteps uniformly from `[0, T)` and noise from
     `keras.random` (seeded `SeedGenerator`), so `compile()` + `fit()` work
-    unchanged on TensorFlow, JAX and PyTorch. `generate()` samples with
-    DDPM ancestral steps or DDIM, using the optimizer's EMA weights when the
-    optimizer keeps them (`use_ema=True`, the default of `compile()`).
+    unchanged on TensorFlow, JAX and PyTorch. `generate()` samples with any
+    sampler of `keras_diffusion.samplers` (through `denoise`, at fractional
+    timesteps interpolated in log-sigma), using the optimizer's EMA weights
+    when the optimizer keeps them (`use_ema=True`, the default of `compile()`).
 
     Args:
         network: a Keras model mapping `[x_t, t]` (plus `labels`) to a
