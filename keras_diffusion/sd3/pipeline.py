@@ -142,6 +142,21 @@ class StableDiffusion3:
         functions[num_steps] = task.generate_function
         return images
 
+    def replace_preprocessor(self, preprocessor):
+        """Uses a new preprocessor (e.g. tokenizers with an added token).
+
+        The tasks and compiled functions built so far are dropped: they hold
+        the old preprocessor and a trace of the old text encoders.
+
+        Args:
+            preprocessor: a
+                `keras_hub.models.StableDiffusion3TextToImagePreprocessor`.
+        """
+        self.preprocessor = preprocessor
+        self._tasks = {}
+        self._generate_functions = {}
+        self.__dict__.pop("frame_renderer", None)
+
     @functools.cached_property
     def frame_renderer(self):
         """The compiled denoise-and-decode loop the walks share."""
