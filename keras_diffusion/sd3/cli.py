@@ -1,9 +1,13 @@
-"""`walk` and `generate` subcommands for Stable Diffusion 3.
+"""`walk`, `generate` and `finetune` subcommands for Stable Diffusion 3.
 
     python -m keras_diffusion walk --preset PATH_OR_NAME --prompts "a" "b" \\
         --frames 16 --out walk.gif
     python -m keras_diffusion generate --preset ... --prompt "..." \\
         --out image.png
+    python -m keras_diffusion finetune --preset ... --data DIR \\
+        --method lora|full|dreambooth|textual-inversion --out DIR
+
+`finetune` lives in `finetune_command`.
 
 `--preset tiny` runs offline: it builds a small random model once, caches it
 (`--cache`, default `~/.cache/keras_diffusion/sd3_tiny`) and reuses it. Its
@@ -17,13 +21,14 @@ import argparse
 import os
 import sys
 
+from keras_diffusion.sd3 import finetune_command
 from keras_diffusion.sd3.pipeline import DEFAULT_CACHE_DIR
 
 WALK_KINDS = ("interpolate", "around", "circle", "grid")
 
 
 def register_commands(subparsers, common_arguments=None):
-    """Adds the `walk` and `generate` subcommands.
+    """Adds the `walk`, `generate` and `finetune` subcommands.
 
     Args:
         subparsers: the object `argparse.ArgumentParser.add_subparsers()`
@@ -108,11 +113,14 @@ def register_commands(subparsers, common_arguments=None):
     )
     generate.add_argument("--out", required=True, help="output .png")
     generate.set_defaults(sd3_command="generate")
+    finetune_command.add_parser(
+        subparsers, lambda parser: _add_model_arguments(parser, common_arguments)
+    )
     return walk, generate
 
 
 def run(args):
-    """Runs the `walk` or `generate` subcommand parsed by `register_commands`.
+    """Runs the `walk`, `generate` or `finetune` subcommand parsed by `register_commands`.
 
     Args:
         args: the `argparse.Namespace`.
@@ -125,6 +133,8 @@ def run(args):
             ConnectionError): with a message for the user, raised before the
             model is loaded where possible.
     """
+    if args.sd3_command == "finetune":
+        return finetune_command.run(args)
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise FileNotFoundError(

@@ -1,0 +1,286 @@
+"""The `finetune` subcommand: fine-tune SD3 on a captioned folder.
+
+    python -m keras_diffusion finetune --preset PATH_OR_NAME --data DIR \\
+        --method lora|full|dreambooth|textual-inversion --out DIR
+
+It writes into `--out`:
+
+- the result: `sd3.lora.npz` (LoRA, or DreamBooth with LoRA), `preset/`
+  (full fine-tuning, or DreamBooth without LoRA: a KerasHub preset folder),
+  or `embedding.npz` (textual inversion);
+- `samples_before.png` and `samples_after.png`: the same prompts and seeds
+  rendered before and after training;
+- `train_log.json`: the loss per epoch, parameter counts and times;
+- `backup/` while training: rerunning an interrupted command with the same
+  `--out` resumes from the last finished epoch (Keras' `BackupAndRestore`).
+
+`--data pokemon` downloads keras.io's Pokemon BLIP captions (network needed).
+This module imports neither Keras nor KerasHub at import time.
+"""
+
+import argparse
+import os
+import shutil
+import time
+import uuid
+
+METHODS = ("lora", "full", "dreambooth", "textual-inversion")
+DEFAULT_LEARNING_RATES = {"lora": 1e-4, "full": 1e-5, "dreambooth": 1e-4, "textual-inversion": 5e-3}
+
+
+def add_parser(subparsers, add_model_arguments):
+    """Adds the `finetune` subcommand.
+
+    Args:
+        subparsers: from `argparse.ArgumentParser.add_subparsers()`.
+        add_model_arguments: `f(parser)` adding `--preset`, `--size`,
+            `--dtype`, `--no-t5`, `--steps`, `--guidance`, `--cache` and
+            `--seed`, as for `generate`.
+
+    Returns:
+        The subparser.
+    """
+    parser = subparsers.add_parser(
+        "finetune",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="Fine-tune Stable Diffusion 3 (LoRA, full, DreamBooth, textual inversion).",
+        description=(
+            "Fine-tune SD3's MMDiT with the rectified-flow loss on a folder of "
+            "captioned images (metadata.jsonl, captions.txt, or file names as "
+            "captions). Writes the adapter, embedding or weights to --out, with "
+            "sample grids from the same prompts and seeds before and after. "
+            "Rerun with the same --out to resume an interrupted run."
+        ),
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, help="training folder, or 'pokemon' (download)")
+    parser.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the data")
+    parser.add_argument("--batch-size", type=int, default=1, help="examples per step")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None,
+        help="AdamW learning rate; default 1e-4 (lora, dreambooth), 1e-5 (full), 5e-3 (textual inversion)",
+    )
+    parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--clipnorm", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA momentum, e.g. 0.999; 0 disables")
+    parser.add_argument(
+        "--mixed-precision", choices=("no", "bfloat16", "float16"), default="no",
+        help="compute in this dtype with float32 weights",
+    )
+    parser.add_argument(
+        "--weighting-scheme", choices=("logit_normal", "mode", "uniform"), default="logit_normal",
+        help="density of the training times",
+    )
+    parser.add_argument("--cache-latents", action="store_true", help="encode images and captions once")
+    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--max-images", type=int, default=None, help="use at most this many images")
+    parser.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+    parser.add_argument("--lora-mlp", action="store_true", help="LoRA on the MLP layers too")
+    parser.add_argument("--instance-prompt", default=None, help="DreamBooth: e.g. 'a photo of sks dog'")
+    parser.add_argument("--class-prompt", default=None, help="DreamBooth: e.g. 'a photo of a dog'")
+    parser.add_argument("--num-class-images", type=int, default=100, help="DreamBooth class images")
+    parser.add_argument("--class-dir", default=None, help="DreamBooth class images (default OUT/class_images)")
+    parser.add_argument("--prior-loss-weight", type=float, default=1.0, help="DreamBooth lambda; 0: no prior")
+    parser.add_argument(
+        "--dreambooth-full", action="store_true", help="DreamBooth with full fine-tuning instead of LoRA"
+    )
+    parser.add_argument("--placeholder", default=None, help="textual inversion: new token, e.g. '<cat-toy>'")
+    parser.add_argument("--initializer", default=None, help="textual inversion: one-token word, e.g. 'toy'")
+    parser.add_argument(
+        "--sample-prompts", nargs="+", default=None,
+        help="prompts for the before/after grids (default: from the data)",
+    )
+    parser.set_defaults(sd3_command="finetune")
+    return parser
+
+
+def check_arguments(args):
+    """Fails fast, before any model is loaded, on bad arguments."""
+    if args.method not in METHODS:
+        raise ValueError(f"Unknown --method {args.method!r}; choose one of: {', '.join(METHODS)}.")
+    for name in ("epochs", "batch_size", "grad_accum", "rank", "num_class_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.method == "dreambooth" and not args.instance_prompt:
+        raise ValueError("--method dreambooth needs --instance-prompt, e.g. 'a photo of sks dog'.")
+    if args.method == "textual-inversion" and not (args.placeholder and args.initializer):
+        raise ValueError(
+            "--method textual-inversion needs --placeholder (e.g. '<cat-toy>') and "
+            "--initializer (a one-token word, e.g. 'toy')."
+        )
+    if args.data != "pokemon":
+        if not os.path.isdir(args.data):
+            raise FileNotFoundError(
+                f"--data {args.data!r} is not a folder. Pass a folder of captioned images, "
+                "or 'pokemon' to download keras.io's example data."
+            )
+        from keras_diffusion.sd3 import data as data_lib
+
+        data_lib.read_captions(args.data)  # an empty folder or missing files fail here
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a file; pass a folder.")
+
+
+def run(args):
+    """Runs `finetune`; returns 0 after printing the files written."""
+    check_arguments(args)
+    from keras_diffusion.sd3 import data as data_lib
+
+    model = _load_model(args)
+    if args.data == "pokemon":
+        dataset = data_lib.load_pokemon_blip(model.image_size, max_images=args.max_images)
+    else:
+        dataset = data_lib.load_captioned_folder(
+            args.data, model.image_size, skip_bad_files=args.skip_bad_files, max_images=args.max_images
+        )
+    os.makedirs(args.out, exist_ok=True)
+    written = _finetune(args, model, dataset)
+    for path in written:
+        print(f"Wrote {path}")
+    return 0
+
+
+def _load_model(args):
+    from keras_diffusion.sd3 import pipeline
+
+    dtype = args.dtype
+    if args.mixed_precision != "no":
+        if dtype is not None:
+            raise ValueError("Use --dtype or --mixed-precision, not both.")
+        dtype = f"mixed_{args.mixed_precision}"
+    return pipeline.from_preset(
+        args.preset, image_size=args.size, dtype=dtype, include_t5=not args.no_t5, cache_dir=args.cache
+    )
+
+
+def _finetune(args, model, dataset):
+    import keras
+
+    from keras_diffusion.files import write_json
+    from keras_diffusion.sd3 import data as data_lib
+    from keras_diffusion.sd3 import dreambooth, lora, textual_inversion
+    from keras_diffusion.sd3.finetune import FlowMatchingTrainer, count_params
+    from keras_diffusion.sd3.generate import text_to_image
+    from keras_diffusion.sd3.walks import save_grid
+
+    seed = 0 if args.seed is None else args.seed
+    use_lora = args.method == "lora" or (args.method == "dreambooth" and not args.dreambooth_full)
+    prompts = args.sample_prompts
+    inversion = None
+    if args.method == "textual-inversion":
+        inversion = textual_inversion.add_placeholder_token(model, args.placeholder, args.initializer)
+        dataset.captions = [
+            caption if args.placeholder in caption else f"{caption} {args.placeholder}".strip()
+            for caption in dataset.captions
+        ]
+        prompts = prompts or [f"a photo of {args.placeholder}"]
+    elif args.method == "dreambooth":
+        prompts = prompts or [args.instance_prompt]
+    prompts = prompts or sorted(set(dataset.captions))[:4]
+
+    def samples(name):
+        images = text_to_image(
+            model, prompts, num_steps=args.steps, guidance_scale=args.guidance, seed=seed
+        )
+        return save_grid(os.path.join(args.out, name), images)
+
+    written = [samples("samples_before.png")]
+    prior = None
+    if args.method == "dreambooth" and args.class_prompt and args.prior_loss_weight > 0:
+        prior = dreambooth.class_images(
+            model,
+            args.class_prompt,
+            args.num_class_images,
+            folder=args.class_dir or os.path.join(args.out, "class_images"),
+            num_steps=args.steps,
+            guidance_scale=args.guidance,
+            seed=seed,
+        )
+    if use_lora:
+        lora.enable_lora(model, args.rank, args.alpha, include_mlp=args.lora_mlp, seed=seed)
+    flip = not args.no_flip
+    if args.method == "dreambooth":
+        batches = dreambooth.dreambooth_batches(
+            model, dataset, args.instance_prompt, prior,
+            batch_size=args.batch_size, cache=args.cache_latents, random_flip=flip, seed=seed,
+        )
+    elif args.cache_latents:
+        examples = data_lib.cache_examples(
+            model, dataset, random_flip=flip, cache_text=inversion is None
+        )
+        batches = data_lib.TrainingBatches(examples, args.batch_size, random_flip=flip, seed=seed)
+    else:
+        batches = data_lib.TrainingBatches(
+            data_lib.raw_examples(model, dataset), args.batch_size, random_flip=flip, seed=seed
+        )
+    trainer = FlowMatchingTrainer(
+        model.backbone,
+        weighting_scheme=args.weighting_scheme,
+        prior_loss_weight=args.prior_loss_weight,
+        train_diffuser=inversion is None,
+        trainable_layers=inversion.layers if inversion else (),
+        seed=seed,
+    )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[args.method],
+        weight_decay=0.0 if inversion else args.weight_decay,
+        epsilon=1e-8,
+        global_clipnorm=args.clipnorm or None,
+        use_ema=args.ema > 0,
+        ema_momentum=args.ema or 0.99,
+        gradient_accumulation_steps=args.grad_accum if args.grad_accum > 1 else None,
+    )
+    trainer.compile(optimizer)
+    trainable = count_params(trainer.trainable_variables)
+    start = time.time()
+    history = trainer.fit(
+        batches,
+        epochs=args.epochs,
+        verbose=2,
+        callbacks=[keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"))],
+    )
+    seconds = time.time() - start
+    written.append(samples("samples_after.png"))
+    if inversion is not None:
+        result = textual_inversion.save_textual_inversion(
+            inversion, os.path.join(args.out, "embedding.npz")
+        )
+    elif use_lora:
+        result = lora.save_lora(model, os.path.join(args.out, "sd3.lora.npz"))
+    else:
+        result = _save_preset(model, os.path.join(args.out, "preset"))
+    written.insert(0, result)
+    log = {
+        "method": args.method,
+        "preset": args.preset,
+        "images": len(dataset),
+        "epochs_run": len(history.history.get("loss", [])),
+        "loss": history.history.get("loss", []),
+        "optimizer_steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
+        "trainable_parameters": trainable,
+        "total_parameters": model.backbone.count_params() - (trainable if use_lora or inversion else 0),
+        "train_seconds": round(seconds, 2),
+        "sample_prompts": prompts,
+        "seed": seed,
+    }
+    written.append(write_json(os.path.join(args.out, "train_log.json"), log))
+    return written
+
+
+def _save_preset(model, folder):
+    """Writes a preset folder beside `folder`, then renames it into place."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    staging = os.path.join(parent, f".preset.{uuid.uuid4().hex[:12]}")
+    try:
+        model.save_to_preset(staging)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

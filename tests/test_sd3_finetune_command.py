@@ -1,0 +1,77 @@
+"""The `finetune` subcommand: clear errors first, then end-to-end runs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_diffusion import sd3
+from keras_diffusion.cli import main
+from keras_diffusion.sd3 import lora
+from tests.sd3_fixtures import tiny_setup, torch_single_thread  # noqa: F401
+
+
+def captioned_folder(folder, count=4):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        color = (200, 30, 30) if i % 2 else (30, 30, 200)
+        image = np.clip(np.array(color) + rng.integers(0, 40, (40, 40, 3)), 0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"a_{'red' if i % 2 else 'blue'}_square_{i}.png")
+    return folder
+
+
+def finetune(*args):
+    return main(["finetune", "--preset", tiny_setup().preset_dir, "--steps", "2", *map(str, args)])
+
+
+def test_bad_input_fails_before_loading(tmp_path, capsys):
+    folder = captioned_folder(tmp_path / "data")
+    assert finetune("--data", folder, "--method", "magic", "--out", tmp_path / "out") == 2
+    assert "Unknown --method 'magic'" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert finetune("--data", tmp_path / "empty", "--method", "lora", "--out", tmp_path / "out") == 2
+    assert "holds no images" in capsys.readouterr().err
+    (folder / "captions.txt").write_text("missing.png\ta cat\n")
+    assert finetune("--data", folder, "--method", "lora", "--out", tmp_path / "out") == 2
+    assert "'missing.png'" in capsys.readouterr().err
+    assert finetune("--data", folder, "--method", "dreambooth", "--out", tmp_path / "out") == 2
+    assert "--instance-prompt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a full run: load, sample before/after, train (~30-60 s per backend)
+def test_lora_run_writes_adapter_samples_and_log(tmp_path):
+    folder = captioned_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    code = finetune(
+        "--data", folder, "--method", "lora", "--out", out, "--epochs", 2,
+        "--batch-size", 2, "--cache-latents", "--learning-rate", 5e-3, "--rank", 2,
+    )
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {
+        "sd3.lora.npz", "samples_before.png", "samples_after.png", "train_log.json"
+    }
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["epochs_run"] == 2 and log["optimizer_steps"] == 4
+    fresh = sd3.from_preset(tiny_setup().preset_dir)
+    lora.load_lora(fresh, out / "sd3.lora.npz")
+    assert log["trainable_parameters"] == lora.parameter_report(fresh)["lora"]
+    assert not (out / "backup").exists()  # removed after a finished run
+
+
+@pytest.mark.slow  # a full run with class-image generation
+@pytest.mark.parametrize("method", ["dreambooth", "textual-inversion", "full"])
+def test_other_methods_write_their_result(tmp_path, method):
+    folder = captioned_folder(tmp_path / "data", count=2)
+    out = tmp_path / "out"
+    extra = {
+        "dreambooth": ["--instance-prompt", "a photo of sks square", "--class-prompt", "a square",
+                       "--num-class-images", 2],
+        "textual-inversion": ["--placeholder", "<sq>", "--initializer", "a"],
+        "full": [],
+    }[method]
+    assert finetune("--data", folder, "--method", method, "--out", out, "--epochs", 1, *extra) == 0
+    result = {"dreambooth": "sd3.lora.npz", "textual-inversion": "embedding.npz", "full": "preset"}[method]
+    assert (out / result).exists() and (out / "samples_after.png").exists()
