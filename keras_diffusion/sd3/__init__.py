@@ -12,6 +12,14 @@ Load a model, generate, and walk through its latent spaces:
   `circular_walk`, `interpolation_grid`, built on `encode_prompts`, `slerp`
   and `render`; `save_gif` and `save_grid` write the frames.
 
+- Fine-tuning (`finetune`, `data`, `lora`, `dreambooth`,
+  `textual_inversion`): `FlowMatchingTrainer` trains the MMDiT with the
+  rectified-flow loss through `fit()`; `load_captioned_folder`,
+  `cache_examples` and `TrainingBatches` feed it; `enable_lora` /
+  `save_lora` / `load_lora` / `merge_lora` put adapters on the MMDiT;
+  `class_images` and `dreambooth_batches` add DreamBooth's prior
+  preservation; `add_placeholder_token` learns a new word.
+
 The `tiny` preset has random weights, so its images look like noise; it runs
 the whole pipeline offline. Real presets download from Kaggle (network,
 credentials and an accepted licence needed).
@@ -32,6 +40,28 @@ Example:
 import importlib
 
 _MODULES = {
+    "keras_diffusion.sd3.data": (
+        "CaptionedImages",
+        "TrainingBatches",
+        "cache_examples",
+        "load_captioned_folder",
+        "load_pokemon_blip",
+        "raw_examples",
+    ),
+    "keras_diffusion.sd3.dreambooth": ("class_images", "dreambooth_batches"),
+    "keras_diffusion.sd3.finetune": ("FlowMatchingTrainer", "encode_text", "sample_t"),
+    "keras_diffusion.sd3.lora": (
+        "enable_lora",
+        "load_lora",
+        "merge_lora",
+        "parameter_report",
+        "save_lora",
+    ),
+    "keras_diffusion.sd3.textual_inversion": (
+        "add_placeholder_token",
+        "load_textual_inversion",
+        "save_textual_inversion",
+    ),
     "keras_diffusion.sd3.generate": (
         "image_to_image",
         "inpaint",
