@@ -173,6 +173,22 @@ def test_ddpm_trajectory_matches_diffusers(prediction_type, clip, feed_our_noise
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_ddpm_on_consecutive_timesteps_is_ho_et_al_algorithm_2(feed_our_noise):
+    """With every training timestep visited (T = 50 here) DDPM is Ho et al.'s Algorithm 2.
+
+    Our DDPM is the DDIM step with eta = 1 in sigma space; diffusers' DDPMScheduler
+    uses the paper's posterior mean and `beta_tilde` variance.
+    """
+    theirs = diffusers.DDPMScheduler(num_train_timesteps=50, beta_start=1e-3, beta_end=0.2, clip_sample=False)
+    model = DDPM(_stand_in_network(_keras_fn), DiscreteVPSchedule("linear", 50, 1e-3, 0.2))
+    sigmas = model.sigmas(50)
+    x, noise = _start(sigmas[0])
+    feed_our_noise("scheduling_ddpm", 50)
+    expected = _run_diffusers(theirs, noise, 50)
+    got = ops.convert_to_numpy(sample("ddpm", model.denoise, x, sigmas, seed=SEED))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -258,6 +274,8 @@ def test_unknown_sampler_and_option_are_clear_errors():
         get_sampler("plms")
     with pytest.raises(ValueError, match=r"Sampler 'heun' has no option\(s\) \['eta'\]"):
         sample("heun", lambda x, s: x, np.ones(SHAPE, "float32"), [1.0, 0.0], eta=1.0)
+    with pytest.raises(ValueError, match="lms order must be 1, 2, 3 or 4"):
+        sample("lms", lambda x, s: x, np.ones(SHAPE, "float32"), [1.0, 0.0], order=5)
     model = _model()
     with pytest.raises(ValueError, match="Sampler 'dpmpp_2m' takes no eta"):
         model.generate(2, sampler="dpmpp_2m", num_steps=3, eta=0.5, verbose=False)

@@ -86,16 +86,11 @@ class Sampler:
             raise ValueError(
                 f"Sampler {self.name!r} has no option(s) {unknown}. Its options: {sorted(self.options) or 'none'}."
             )
-        resolved = {**self.options, **options, **self.fixed}
-        if self.name == "lms" and resolved["order"] not in (1, 2, 3, 4):
-            raise ValueError(f"lms order must be 1, 2, 3 or 4. Received: {resolved['order']!r}")
-        return resolved
+        return {**self.options, **options, **self.fixed}
 
     def initial_state(self, x, options):
-        return tuple(ops.zeros_like(x) for _ in range(self.state_size(options)))
-
-    def is_stochastic(self, options):
-        return bool(options.get("eta", 0.0) or options.get("s_churn", 0.0))
+        """Zeros for the tensors the step function carries between steps."""
+        return tuple(ops.zeros_like(x) for _ in range(max(self.state_size(options), 0)))
 
 
 SAMPLERS = {

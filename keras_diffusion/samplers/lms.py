@@ -40,6 +40,8 @@ def lms_step(denoiser, x, state, i, sigmas, noise, order=4):
     Args:
         order: 1 to 4; diffusers' default is 4.
     """
+    if order not in (1, 2, 3, 4):
+        raise ValueError(f"lms order must be 1, 2, 3 or 4. Received: order={order!r}")
     d = (x - denoiser(x, sigmas[i])) / sigmas[i]
     history = (d,) + tuple(state)
     coefficients = _lms_coefficients(sigmas, i, order)
