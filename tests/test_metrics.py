@@ -153,6 +153,10 @@ def test_bundled_classifier_accuracy(held_out):
     score = metrics.InceptionScore(feature_extractor="mnist")
     score.update_state(images)
     assert float(score.result()) > 9.0
+    # MNIST_FEATURE_SCALE belongs to these weights: mean square 1 on the training digits.
+    train_images, _ = metrics.mnist_training_split()
+    features = ops.convert_to_numpy(metrics.mnist_classifier_features()(train_images[:1000]))
+    assert np.mean(features**2) == pytest.approx(1.0, abs=0.06)
 
 
 def test_extractor_resizes_and_converts_channels(rng):

@@ -5,8 +5,10 @@ bundled MNIST digits of `mnist_training_split()` (32x32, zero-padded), with
 random shifts of up to 2 pixels and zooms of up to 10%, so that it also
 handles digits slightly smaller or larger than MNIST's (for example 28x28
 samples resized to 32x32). It then reports the accuracy on the 1,000
-held-out digits of `mnist_held_out()` and writes the weights, atomically, to
-`keras_diffusion/metrics/mnist_classifier.weights.h5` (or `--out`).
+held-out digits of `mnist_held_out()`, writes the weights, atomically, to
+`keras_diffusion/metrics/mnist_classifier.weights.h5` (or `--out`), and prints
+the scale of the features (`MNIST_FEATURE_SCALE`, to be copied into
+`keras_diffusion/metrics/features.py`; a test checks that it fits the weights).
 
 Example:
     KERAS_BACKEND=tensorflow python -m tools.train_mnist_classifier
@@ -68,11 +70,16 @@ def main():
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    # The features' scale; keras_diffusion.metrics.features.MNIST_FEATURE_SCALE holds it.
+    features = keras.Model(classifier.inputs, classifier.get_layer("features").output)
+    train_features = features.predict(train_images, batch_size=500, verbose=0)
+    feature_scale = float(np.sqrt(np.mean(np.sum(train_features**2, axis=1)) / train_features.shape[1]))
     print(
         f"Trained {classifier.count_params():,} parameters for {args.epochs} epochs in "
         f"{seconds:.0f} s ({keras.backend.backend()} backend). Held-out accuracy: "
         f"{accuracy:.4f} on {len(test_labels)} digits. Weights: {out} "
-        f"({os.path.getsize(out) / 1024:.0f} KB)"
+        f"({os.path.getsize(out) / 1024:.0f} KB)\nFeature scale: {feature_scale:.4g} "
+        "(set MNIST_FEATURE_SCALE in keras_diffusion/metrics/features.py to it)"
     )
 
 

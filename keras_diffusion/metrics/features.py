@@ -15,6 +15,10 @@ RGB to grayscale) when the network needs it. Two are built in:
   356 KB), so quality on MNIST can be measured offline. Its 128
   penultimate-layer activations are the features, in the way TF-GAN's MNIST
   Frechet distance uses a classifier's features instead of Inception's.
+  They are divided by `MNIST_FEATURE_SCALE`, so that on the training digits
+  their mean square is 1, as KID's kernel `(x . y / D + 1) ** 3` assumes
+  (Inception features are of that order; the raw ones are not, and then
+  KID's estimate swings by hundreds between two sets of real digits).
   `mnist_classifier_probabilities()` gives its 10 class probabilities.
 
 The classifier takes 32x32x1 digits in [0, 1] (the 28x28 digits zero-padded
@@ -33,7 +37,7 @@ classifier, not from those models.
 Example:
 >>> extractor = mnist_classifier_features()
 >>> real, labels = mnist_held_out(num_images=8)
->>> extractor(real).shape
+>>> tuple(extractor(real).shape)
 (8, 128)
 """
 
@@ -53,6 +57,9 @@ MNIST_HELD_OUT_ACCURACY = 0.987
 # Which of the 5,000 bundled digits are held out: the first
 # MNIST_NUM_HELD_OUT after `load_mnist(seed=MNIST_SPLIT_SEED)` shuffles them.
 MNIST_SPLIT_SEED = 2024
+# sqrt(mean(|features|^2) / 128) of the unscaled features on
+# mnist_training_split(), printed by tools/train_mnist_classifier.py.
+MNIST_FEATURE_SCALE = 4.734
 MNIST_NUM_HELD_OUT = 1000
 
 _INCEPTION_DOWNLOAD_HELP = (
@@ -94,7 +101,7 @@ class FeatureExtractor:
     >>> import keras
     >>> net = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten()])
     >>> extractor = FeatureExtractor(net, name="flat")
-    >>> extractor(np.zeros((2, 16, 16, 1), "float32")).shape
+    >>> tuple(extractor(np.zeros((2, 16, 16, 1), "float32")).shape)
     (2, 192)
     """
 
@@ -278,16 +285,22 @@ def mnist_classifier():
 def mnist_classifier_features():
     """The bundled MNIST classifier's 128 penultimate activations as features.
 
+    They are divided by `MNIST_FEATURE_SCALE`: their mean square is then 1
+    on the classifier's training digits.
+
     Returns:
         A `FeatureExtractor` named "mnist_classifier" taking (N, H, W, 1 or
         3) images in [0, 1], resized to 32x32, and returning (N, 128).
 
     Example:
-    >>> mnist_classifier_features()(np.zeros((4, 28, 28, 1), "float32")).shape
+    >>> tuple(mnist_classifier_features()(np.zeros((4, 28, 28, 1), "float32")).shape)
     (4, 128)
     """
     model = mnist_classifier()
-    features = keras.Model(model.inputs, model.get_layer("features").output)
+    scaled = keras.layers.Rescaling(1.0 / MNIST_FEATURE_SCALE, name="feature_scale")(
+        model.get_layer("features").output
+    )
+    features = keras.Model(model.inputs, scaled, name="mnist_classifier_features")
     return FeatureExtractor(features, name="mnist_classifier")
 
 
@@ -299,7 +312,7 @@ def mnist_classifier_probabilities():
         probabilities that sum to 1.
 
     Example:
-    >>> mnist_classifier_probabilities()(np.zeros((4, 32, 32, 1), "float32")).shape
+    >>> tuple(mnist_classifier_probabilities()(np.zeros((4, 32, 32, 1), "float32")).shape)
     (4, 10)
     """
     return FeatureExtractor(mnist_classifier(), name="mnist_classifier")
@@ -346,7 +359,7 @@ def inception_features(weights="imagenet", image_size=75):
 
     Example:
     >>> extractor = inception_features()  # doctest: +SKIP
-    >>> extractor(np.zeros((2, 32, 32, 1), "float32")).shape  # doctest: +SKIP
+    >>> tuple(extractor(np.zeros((2, 32, 32, 1), "float32")).shape)  # doctest: +SKIP
     (2, 2048)
     """
     if int(image_size) < 75:
@@ -376,7 +389,7 @@ def inception_probabilities(weights="imagenet"):
 
     Example:
     >>> extractor = inception_probabilities()  # doctest: +SKIP
-    >>> extractor(np.zeros((2, 32, 32, 3), "float32")).shape  # doctest: +SKIP
+    >>> tuple(extractor(np.zeros((2, 32, 32, 3), "float32")).shape)  # doctest: +SKIP
     (2, 1000)
     """
     model = _inception(
