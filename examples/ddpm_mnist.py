@@ -15,7 +15,8 @@ What differs, and why:
   `OneCycleLR` warms up along a cosine and also cycles Adam's beta1);
 - MNISTDiffusion updates its EMA every 10 steps with decay
   `1 - min(1, 0.005 * batch * 10 / epochs)`; Keras' EMA updates every step, so
-  its momentum is that decay to the power 1/10.
+  its momentum is that decay to the power 1/10. (For fewer than 7 epochs the formula
+  gives decay 0, no averaging at all, in MNISTDiffusion as here.)
 
     KERAS_BACKEND=jax python examples/ddpm_mnist.py --epochs 100
     KERAS_BACKEND=torch python examples/ddpm_mnist.py --epochs 1 --sample-steps 50

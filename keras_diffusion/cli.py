@@ -122,10 +122,11 @@ def _add_sampling_args(parser):
     group.add_argument(
         "--eta",
         type=float,
-        default=1.0,
+        default=None,
         help="stochasticity of ddim, euler_ancestral and dpmpp_2m_sde (the other samplers "
         "have none): 0 is deterministic DDIM, 1 adds fresh noise at each step like DDPM, "
-        "which forgives a briefly trained model's errors far better",
+        "which forgives a briefly trained model's errors far better (default: 1 for a DDPM; "
+        "a DDIM model samples deterministically, as keras.io does)",
     )
     group.add_argument(
         "--sigma-schedule",
@@ -137,15 +138,17 @@ def _add_sampling_args(parser):
     group.add_argument(
         "--timestep-spacing",
         choices=TIMESTEP_SPACINGS,
-        default="leading",
-        help="how the sampling steps are spread over the training timesteps (as in diffusers)",
+        default=None,
+        help="how the sampling steps are spread over the training timesteps (as in diffusers; "
+        "default: the model's, leading for a DDPM, trailing, i.e. keras.io's steps, for a DDIM)",
     )
     group.add_argument(
         "--clip-sample",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="clip the predicted clean image to [-1, 1] at each step (diffusers' "
-        "default); it keeps the samples of a briefly trained model from saturating",
+        "default); it keeps the samples of a briefly trained model from saturating "
+        "(default: on for a DDPM; off for a DDIM, which samples in its normalized space)",
     )
     return group
 
@@ -177,7 +180,12 @@ def build_parser():
         "Example:\n  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist",
         formatter_class=_Formatter,
     )
-    train.add_argument("model", choices=("ddpm",), help="the kind of model to train")
+    train.add_argument(
+        "model",
+        choices=("ddpm", "ddim"),
+        help="the kind of model to train: ddpm, or ddim (the keras.io DDIM: continuous "
+        "cosine rates, data normalization adapted on the images, MAE loss)",
+    )
     train.add_argument(
         "--out",
         required=True,
@@ -216,9 +224,10 @@ def build_parser():
     net = train.add_argument_group("network (the image shape always follows the data)")
     net.add_argument(
         "--network",
-        default="mnist_small",
+        default=None,
         help="U-Net preset of keras_diffusion.networks.UNET_PRESETS, e.g. "
-        "mnist_small (32x32x1, fast on CPU) or ddpm_keras_io (64x64x3)",
+        "mnist_small (32x32x1, fast on CPU, the default for ddpm) or ddpm_keras_io "
+        "(64x64x3); for ddim, of DDIM_UNET_PRESETS: ddim_keras_io (64x64x3, the default)",
     )
     net.add_argument(
         "--widths",
@@ -259,7 +268,10 @@ def build_parser():
         default="epsilon",
         help="what the network predicts: the noise, the clean image or v",
     )
-    diffusion.add_argument("--loss", choices=LOSS_TYPES, default="mse", help="training loss")
+    diffusion.add_argument(
+        "--loss", choices=LOSS_TYPES, default=None,
+        help="training loss (default: mse for ddpm, mae for ddim as keras.io)",
+    )
     diffusion.add_argument(
         "--min-snr-gamma",
         type=_positive_float,
@@ -453,6 +465,36 @@ def _build_ddpm(args, image_shape, schedule):
     return model
 
 
+def _build_ddim(args, image_shape, images):
+    import keras
+
+    from keras_diffusion.models import DDIM
+    from keras_diffusion.networks import unet_from_preset
+
+    overrides = {"widths": args.widths, "block_depth": args.num_res_blocks}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    network = unet_from_preset(args.network, image_shape=image_shape, **overrides)
+    # KID is measured by `evaluate` (the evaluate command), not during CLI training.
+    model = DDIM(
+        network,
+        kid_feature_extractor=None,
+        prediction_type=args.prediction_type,
+        loss_type=args.loss,
+        min_snr_gamma=args.min_snr_gamma,
+        seed=args.seed,
+    )
+    model.adapt(images)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=args.learning_rate,
+            weight_decay=1e-4,
+            use_ema=args.ema > 0,
+            ema_momentum=args.ema,
+        )
+    )
+    return model
+
+
 def _fit(args, model, images):
     """Runs `model.fit` with backup/restore; returns the history and seconds per epoch."""
     import keras
@@ -476,7 +518,7 @@ def _fit(args, model, images):
                 every_n_epochs=args.sample_every,
                 num_images=args.num_samples,
                 seed=args.seed,
-                **_generate_kwargs(args),
+                **_generate_kwargs(args, model),
             )
         )
     try:
@@ -492,18 +534,21 @@ def _fit(args, model, images):
     return history, epoch_seconds
 
 
-def _generate_kwargs(args):
+def _generate_kwargs(args, model):
+    """`generate()` arguments from the sampling flags; flags left out keep the model's defaults."""
+    from keras_diffusion.models import DDIM
     from keras_diffusion.samplers import get_sampler
 
-    kwargs = {
-        "sampler": args.sampler,
-        "num_steps": args.steps,
-        "timestep_spacing": args.timestep_spacing,
-        "sigma_schedule": args.sigma_schedule,
-        "clip_sample": args.clip_sample,
-    }
+    kwargs = {"sampler": args.sampler, "num_steps": args.steps, "sigma_schedule": args.sigma_schedule}
+    if args.timestep_spacing is not None:
+        kwargs["timestep_spacing"] = args.timestep_spacing
+    if args.clip_sample is not None:
+        kwargs["clip_sample"] = args.clip_sample
     if "eta" in get_sampler(args.sampler).options:
-        kwargs["eta"] = args.eta
+        if args.eta is not None:
+            kwargs["eta"] = args.eta
+        elif not isinstance(model, DDIM):
+            kwargs["eta"] = 1.0
     return kwargs
 
 
@@ -511,25 +556,38 @@ def _train(args):
     import keras
 
     from keras_diffusion.images import save_grid
+    from keras_diffusion.networks import DDIM_UNET_PRESETS
     from keras_diffusion.networks import UNET_PRESETS
+    from keras_diffusion.processes import ContinuousCosineSchedule
     from keras_diffusion.processes import DiscreteVPSchedule
 
     # Every check that can fail runs before the data is loaded and training starts.
-    if args.network not in UNET_PRESETS:
+    ddim = args.model == "ddim"
+    presets = DDIM_UNET_PRESETS if ddim else UNET_PRESETS
+    args.network = args.network or ("ddim_keras_io" if ddim else "mnist_small")
+    args.loss = args.loss or ("mae" if ddim else "mse")
+    if args.network not in presets:
         raise ValueError(
-            f"Unknown --network {args.network!r}. Known presets: {', '.join(sorted(UNET_PRESETS))}."
+            f"Unknown --network {args.network!r} for {args.model}. Known presets: {', '.join(sorted(presets))}."
         )
-    schedule = DiscreteVPSchedule(args.beta_schedule, num_train_timesteps=args.timesteps)
-    schedule.inference_timesteps(args.steps, args.timestep_spacing)
+    if ddim:
+        for flag, value in (("--attention-resolutions", args.attention_resolutions), ("--norm-groups", args.norm_groups)):
+            if value is not None:
+                raise ValueError(f"{flag} does not apply to ddim: the keras.io DDIM network has no attention and uses BatchNorm.")
+        schedule = ContinuousCosineSchedule()
+        schedule.sigmas(args.steps, args.timestep_spacing or "trailing")
+    else:
+        schedule = DiscreteVPSchedule(args.beta_schedule, num_train_timesteps=args.timesteps)
+        schedule.inference_timesteps(args.steps, args.timestep_spacing or "leading")
     _make_out_folder(args.out)
     keras.utils.set_random_seed(args.seed)
 
-    images = _load_images(args, UNET_PRESETS[args.network]["image_shape"])
+    images = _load_images(args, presets[args.network]["image_shape"])
     image_shape = tuple(int(d) for d in images.shape[1:])
-    model = _build_ddpm(args, image_shape, schedule)
+    model = _build_ddim(args, image_shape, images) if ddim else _build_ddpm(args, image_shape, schedule)
     num_parameters = model.network.count_params()
     print(
-        f"Training a DDPM ({num_parameters:,} parameters) on {len(images):,} images of "
+        f"Training a {args.model.upper()} ({num_parameters:,} parameters) on {len(images):,} images of "
         f"shape {image_shape} with the {keras.backend.backend()} backend."
     )
     start = time.perf_counter()
@@ -541,7 +599,7 @@ def _train(args):
 
     print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
     start = time.perf_counter()
-    samples = model.generate(args.num_samples, seed=args.seed, verbose=True, **_generate_kwargs(args))
+    samples = model.generate(args.num_samples, seed=args.seed, verbose=True, **_generate_kwargs(args, model))
     sample_seconds = time.perf_counter() - start
     grid_path = save_grid(os.path.join(args.out, "samples.png"), samples)
 
@@ -590,7 +648,7 @@ def _sample(args):
             f"{args.model!r} holds a {type(model).__name__}, not a keras-diffusion "
             "model with a generate() method."
         )
-    images = model.generate(args.num_images, seed=args.seed, verbose=True, **_generate_kwargs(args))
+    images = model.generate(args.num_images, seed=args.seed, verbose=True, **_generate_kwargs(args, model))
     print(f"Samples: {save_grid(args.out, images)}")
     return 0
 
@@ -641,7 +699,7 @@ def _evaluate(args):
     start = time.perf_counter()
     generated = np.concatenate(
         [
-            model.generate(batch_size, seed=args.seed + i, verbose=False, **_generate_kwargs(args))
+            model.generate(batch_size, seed=args.seed + i, verbose=False, **_generate_kwargs(args, model))
             for i in range(0, args.num_images, batch_size)
         ]
     )[: args.num_images]
