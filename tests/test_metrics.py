@@ -223,18 +223,28 @@ def test_bad_input_errors(rng):
 
 def test_inception_offline_error(monkeypatch, tmp_path):
     """Without network access, the ImageNet weights fail fast with a way out."""
-    from keras.src.applications import inception_v3
-
     def unreachable(fname, origin, **kwargs):
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
 
-    monkeypatch.setattr(inception_v3.file_utils, "get_file", unreachable)
+    monkeypatch.setattr(keras.utils, "get_file", unreachable)
     with pytest.raises(ConnectionError, match="pass `weights=` the path of a local copy") as info:
         metrics.KID(feature_extractor="inception")
     assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(info.value)
     assert "feature_extractor='mnist'" in str(info.value)
+    with pytest.raises(ConnectionError, match="inception_v3_weights_tf_dim_ordering_tf_kernels.h5"):
+        metrics.InceptionScore(feature_extractor="inception")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         metrics.inception_features(weights=str(tmp_path / "missing.h5"))
+
+
+@pytest.mark.slow
+def test_inception_architecture_with_random_weights():
+    """The real InceptionV3 path, minus the download: 2,048 features, 1,000 classes."""
+    extractor = metrics.inception_features(weights=None)
+    assert (extractor.image_size, extractor.channels, extractor.num_features) == ((75, 75), 3, 2048)
+    assert tuple(extractor(np.zeros((2, 16, 16, 1), "float32")).shape) == (2, 2048)
+    probabilities = metrics.inception_probabilities(weights=None)(np.zeros((2, 32, 32, 3), "float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(probabilities, axis=-1)), 1.0, rtol=1e-5)
 
 
 def test_config_round_trip():
