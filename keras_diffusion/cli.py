@@ -1,9 +1,10 @@
-"""The command-line interface: `python -m keras_diffusion train|sample`.
+"""The command-line interface: `python -m keras_diffusion train|sample|evaluate`.
 
 `train ddpm` loads a dataset, builds a U-Net from a preset, trains a `DDPM`
 with Keras' `fit()` (resuming an interrupted run from `OUT/backup`), saves
 `OUT/model.keras`, a grid of samples `OUT/samples.png` and `OUT/train_log.json`.
-`sample` loads a saved model and writes a grid of new samples.
+`sample` loads a saved model and writes a grid of new samples. `evaluate`
+measures FID, KID and IS of a model's samples against held-out MNIST digits.
 
 `--backend` sets `KERAS_BACKEND`, which Keras reads once, when it is first
 imported; so this module imports Keras only after parsing the arguments.
@@ -166,6 +167,7 @@ def build_parser():
         "Examples:\n"
         "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
         "  python -m keras_diffusion sample --model runs/mnist/model.keras --out grid.png\n"
+        "  python -m keras_diffusion evaluate --model runs/mnist/model.keras --num-images 1000\n"
         "  python -m keras_diffusion walk --preset tiny --prompts 'a cat' 'a dog' --frames 8 --out walk.gif\n\n"
         "Run `python -m keras_diffusion COMMAND --help` for the flags of each command.",
         formatter_class=_Formatter,

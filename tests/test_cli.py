@@ -258,3 +258,16 @@ def test_evaluate_errors(untrained_model, tmp_path, capsys):
     from keras_diffusion.metrics import FEATURE_EXTRACTORS
 
     assert cli.FEATURE_EXTRACTORS == FEATURE_EXTRACTORS
+
+
+def test_evaluate_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    subparser = cli.build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    for action in subparser._actions:
+        assert action.help, action.option_strings
+    for flag in ("--model", "--num-images", "--batch-size", "--feature-extractor", "--json",
+                 "--sampler", "--steps", "--seed", "--backend"):
+        assert flag in text
