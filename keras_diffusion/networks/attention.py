@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_diffusion.networks.normalization import GroupNorm
+
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class SpatialSelfAttention(keras.layers.Layer):
@@ -52,7 +54,7 @@ class SpatialSelfAttention(keras.layers.Layer):
                     f"`{arg}`={value}. Choose a `{arg}` that divides it."
                 )
         # Sub-layers depend on the channel count, so they are made here.
-        self.norm = keras.layers.GroupNormalization(
+        self.norm = GroupNorm(
             groups=self.groups, dtype=self.dtype_policy, name="norm"
         )
         self.query, self.key, self.value, self.proj = (

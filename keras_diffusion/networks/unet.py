@@ -15,6 +15,7 @@ from keras_diffusion.networks.attention import SpatialSelfAttention
 from keras_diffusion.networks.ddim_unet import DDIM_UNET_PRESETS
 from keras_diffusion.networks.ddim_unet import build_ddim_unet
 from keras_diffusion.networks.embeddings import SinusoidalEmbedding
+from keras_diffusion.networks.normalization import GroupNorm
 
 UNET_PRESETS = {
     # The network of the keras.io DDPM example (63.2M parameters).
@@ -118,13 +119,13 @@ def _residual_block(x, temb, width, groups, dropout, name):
         residual = x
     else:
         residual = layers.Conv2D(width, 1, name=f"{name}_skip")(x)
-    h = layers.GroupNormalization(groups, name=f"{name}_norm1")(x)
+    h = GroupNorm(groups, name=f"{name}_norm1")(x)
     h = layers.Activation("swish")(h)
     h = layers.Conv2D(width, 3, padding="same", name=f"{name}_conv1")(h)
     t = layers.Dense(width, name=f"{name}_time")(temb)
     t = layers.Reshape((1, 1, width))(t)
     h = layers.Add()([h, t])
-    h = layers.GroupNormalization(groups, name=f"{name}_norm2")(h)
+    h = GroupNorm(groups, name=f"{name}_norm2")(h)
     h = layers.Activation("swish")(h)
     if dropout > 0:
         h = layers.Dropout(dropout)(h)
@@ -261,7 +262,7 @@ def build_unet(
                 width, 3, padding="same", name=f"up{level}_upsample"
             )(x)
 
-    x = layers.GroupNormalization(norm_groups, name="out_norm")(x)
+    x = GroupNorm(norm_groups, name="out_norm")(x)
     x = layers.Activation("swish")(x)
     # float32 keeps the output float32 under a mixed-precision policy.
     outputs = layers.Conv2D(
