@@ -20,8 +20,10 @@ For one network config and seed, each backend runs in its own subprocess
 - parameters and forward FLOPs per image: counted analytically from the
   Keras layers (2 x multiply-adds of convs, dense layers and attention
   matmuls), and for diffusers with `torch.utils.flop_counter` (same
-  convention). On the torch backend the counter also runs on the Keras
-  network, as a cross-check.
+  convention; the counter skips PyTorch's CPU attention kernel, so the
+  attention matmuls are added from the layout). On the torch backend the
+  counter also runs on the Keras network, as a cross-check (it excludes
+  the attention matmuls there too).
 
 The diffusers reference is a `UNet2DModel` with the same layout
 (`benchmarks.diffusers_unet`), trained with the same data, optimizer and
@@ -368,6 +370,7 @@ def run_diffusers(cfg, workdir):
     from diffusers import DDIMScheduler
     from diffusers import DDPMScheduler
 
+    from benchmarks.diffusers_unet import attention_matmul_flops
     from benchmarks.diffusers_unet import build_diffusers_unet
 
     threads = cfg.resolved_threads()
@@ -394,7 +397,8 @@ def run_diffusers(cfg, workdir):
         "kind": "diffusers UNet2DModel (PyTorch eager)",
         "threads": f"torch {torch.get_num_threads()}",
         "params": int(sum(p.numel() for p in model.parameters())),
-        "flops": _torch_counted_flops(lambda x, t: model(x, t).sample, net_cfg["image_shape"], False),
+        "flops": _torch_counted_flops(lambda x, t: model(x, t).sample, net_cfg["image_shape"], False)
+        + attention_matmul_flops(net_cfg),
     }
     # Keras' AdamW defaults: epsilon 1e-7; weight decay as given to Keras.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-4, eps=1e-7)

@@ -77,3 +77,31 @@ def build_diffusers_unet(network_config):
     from diffusers import UNet2DModel
 
     return UNet2DModel(**diffusers_unet_kwargs(network_config))
+
+
+def attention_matmul_flops(network_config):
+    """FLOPs of the attention matmuls (`q @ k^T` and `weights @ v`) for one image.
+
+    `torch.utils.flop_counter` does not count PyTorch's CPU
+    `scaled_dot_product_attention` kernel, so the benchmark adds this
+    count, from the layout, to the counter's total for diffusers.
+
+    Args:
+        network_config: `build_unet` arguments, see `diffusers_unet_kwargs`.
+
+    Returns:
+        An int: `2 * 2 * tokens**2 * width` summed over the attention layers.
+    """
+    height = network_config["image_shape"][0]
+    widths = tuple(network_config["widths"])
+    blocks = network_config.get("num_res_blocks", 2)
+    attention = set(network_config.get("attention_resolutions", (16, 8)))
+    total = 0
+    for level, width in enumerate(widths):
+        size = height // 2**level
+        if size in attention:
+            # Down path: one per res block; up path: one more per level.
+            total += (2 * blocks + 1) * 4 * size**4 * width
+    lowest = height // 2 ** (len(widths) - 1)
+    return total + 4 * lowest**4 * widths[-1]  # the middle block
+

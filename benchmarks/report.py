@@ -91,7 +91,8 @@ def markdown(results):
     for row in counted:
         lines.append(
             f"FLOPs cross-check: torch.utils.flop_counter on the Keras network (torch backend) gives "
-            f"{row['flops_counter'] / 1e9:.3f} GFLOP/img; the layer count gives {row['flops'] / 1e9:.3f}."
+            f"{row['flops_counter'] / 1e9:.3f} GFLOP/img without the attention matmuls (it does not count "
+            f"PyTorch's CPU attention kernel); the layer count, with them, gives {row['flops'] / 1e9:.3f}."
         )
     if results["parity"]:
         tol = results["parity_tolerance"]
