@@ -13,6 +13,7 @@ from keras_diffusion.sd3 import data
 from keras_diffusion.sd3.finetune import (
     FlowMatchingTrainer,
     count_params,
+    encode_text,
     sample_t,
     shift_sigma,
 )
@@ -107,6 +108,26 @@ def test_raw_inputs_are_encoded_like_the_cache():
         np.testing.assert_allclose(
             ops.convert_to_numpy(from_raw[name]), ops.convert_to_numpy(from_cache[name]), atol=1e-4
         )
+
+
+def _check_encode_text_matches_keras_hub(model):
+    token_ids = model.preprocessor.generate_preprocess(["a cat", "airplane"])
+    context, pooled = encode_text(model.backbone, token_ids)
+    expected = model.backbone.encode_text_step(token_ids, token_ids)
+    np.testing.assert_allclose(ops.convert_to_numpy(context), ops.convert_to_numpy(expected[0]), atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(pooled), ops.convert_to_numpy(expected[2]), atol=1e-6)
+
+
+def test_encode_text_matches_keras_hub():
+    _check_encode_text_matches_keras_hub(tiny_setup().model)
+
+
+@pytest.mark.slow  # builds a tiny SD3 with a T5 encoder
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="KerasHub's T5 encoder cannot be built on torch"
+)
+def test_encode_text_with_t5_matches_keras_hub():
+    _check_encode_text_matches_keras_hub(sd3.build_tiny(32, include_t5=True))
 
 
 def test_only_the_mmdit_trains_and_bad_options_fail():
