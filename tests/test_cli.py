@@ -205,15 +205,23 @@ def test_choices_match_the_library():
     assert cli.LOSS_TYPES == LOSS_TYPES
 
 
+def _tiny_conv_ddpm(image_shape):
+    """An untrained DDPM on a 3-layer conv net (a U-Net takes tens of seconds to build on JAX)."""
+    from keras_diffusion import DDPM, DiscreteVPSchedule
+
+    x, t = keras.Input(image_shape, name="x"), keras.Input((), name="t")
+    emb = keras.layers.Dense(8)(keras.layers.Reshape((1,))(t) / 20.0)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="swish")(x)
+    h = h + keras.layers.Reshape((1, 1, 8))(emb)
+    network = keras.Model([x, t], keras.layers.Conv2D(image_shape[-1], 3, padding="same")(h))
+    return DDPM(network, DiscreteVPSchedule("cosine", num_train_timesteps=20), seed=0)
+
+
 @pytest.fixture(scope="module")
 def untrained_model(tmp_path_factory):
     """A tiny untrained 16x16 DDPM saved as .keras: its samples are noise."""
-    from keras_diffusion import DDPM, DiscreteVPSchedule
-    from keras_diffusion.networks import build_unet
-
-    network = build_unet((16, 16, 1), widths=(8, 16), num_res_blocks=1, attention_resolutions=(), norm_groups=4)
     path = tmp_path_factory.mktemp("evaluate") / "tiny.keras"
-    DDPM(network, DiscreteVPSchedule("cosine", num_train_timesteps=20), seed=0).save(path)
+    _tiny_conv_ddpm((16, 16, 1)).save(path)
     return path
 
 
@@ -223,7 +231,7 @@ def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
     from keras_diffusion import metrics
 
     out = tmp_path / "metrics.json"
-    args = ["evaluate", "--model", str(untrained_model), "--num-images", "6", "--batch-size", "4",
+    args = ["evaluate", "--model", str(untrained_model), "--num-images", "6", "--batch-size", "8",
             "--steps", "2", "--json", str(out)]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
@@ -243,16 +251,13 @@ def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
 
 
 def test_evaluate_errors(untrained_model, tmp_path, capsys):
-    from keras_diffusion import DDPM
-    from keras_diffusion.networks import build_unet
-
     assert cli.main(["evaluate", "--model", str(tmp_path / "missing.keras")]) == 2
     assert "does not exist" in capsys.readouterr().err
     missing_folder = tmp_path / "no" / "r.json"
     assert cli.main(["evaluate", "--model", str(untrained_model), "--json", str(missing_folder)]) == 2
     assert "for --json" in capsys.readouterr().err
     rgb = tmp_path / "rgb.keras"
-    DDPM(build_unet((8, 8, 3), widths=(4,), num_res_blocks=1, attention_resolutions=(), norm_groups=2)).save(rgb)
+    _tiny_conv_ddpm((8, 8, 3)).save(rgb)
     assert cli.main(["evaluate", "--model", str(rgb), "--num-images", "2"]) == 2
     assert "square and grayscale" in capsys.readouterr().err
     from keras_diffusion.metrics import FEATURE_EXTRACTORS
