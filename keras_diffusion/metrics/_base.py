@@ -45,6 +45,7 @@ class ExtractorMetric(keras.metrics.Metric):
 
     @staticmethod
     def check_no_sample_weight(sample_weight):
+        """Raises: these metrics weigh every image equally."""
         if sample_weight is not None:
             raise ValueError(
                 "`sample_weight` is not supported by the sample-quality metrics; "
@@ -71,6 +72,7 @@ class ExtractorMetric(keras.metrics.Metric):
                 "that extractor."
             )
         return cls(**config)
+
 
 def accumulator_dtype():
     """"float64" where the backend computes in it, else "float32".
