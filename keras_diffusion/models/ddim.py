@@ -42,7 +42,10 @@ class DDIM(DiffusionModel):
     `generate()` undoes it. The loss is the MAE on the noise; the MAE between
     the implied clean image and the real one is reported as `image_loss`.
     `evaluate()` also reports `kid` between the batch and as many images
-    generated with `kid_diffusion_steps` DDIM steps.
+    generated with `kid_diffusion_steps` DDIM steps. keras.io measures KID
+    with the EMA weights: `evaluate()` after `fit()` does too (`fit()` ends by
+    writing the EMA into the model); for `fit(validation_data=...)` add
+    `keras.callbacks.SwapEMAWeights()`, as `examples/ddim_flowers.py` does.
 
     Inputs to `fit()`/`evaluate()`/`adapt()`: float images in [-1, 1],
     `(N, H, W, C)`, like every model in this package. (The normalization is
