@@ -9,6 +9,7 @@ from keras_diffusion import sd3
 from keras_diffusion.sd3 import data
 from keras_diffusion.sd3.finetune import FlowMatchingTrainer, count_params
 from keras_diffusion.sd3.textual_inversion import (
+    PlaceholderEmbedding,
     add_placeholder_token,
     load_textual_inversion,
     save_textual_inversion,
@@ -83,3 +84,8 @@ def test_bad_placeholders_and_initializers():
         add_placeholder_token(model, "a</w>", "a")
     with pytest.raises(ValueError, match="is 2 tokens"):
         add_placeholder_token(model, "<toy>", "ab")
+    # A refused token leaves the model as it was.
+    for name in ("clip_l", "clip_g"):
+        layer = getattr(model.backbone, name).embedding.token_embedding
+        assert not isinstance(layer, PlaceholderEmbedding) and layer.trainable
+    assert "<toy>" not in model.preprocessor.clip_l_preprocessor.tokenizer.vocabulary

@@ -405,8 +405,13 @@ _ENCODERS = weakref.WeakKeyDictionary()
 
 
 def _example_encoder(backbone):
-    """The frozen encoders as one compiled function, kept per backbone."""
-    if backbone not in _ENCODERS:
+    """The frozen encoders as one compiled function, kept per backbone.
+
+    Rebuilt when a token embedding was swapped (textual inversion): a
+    compiled trace holds the old table.
+    """
+    key = (id(backbone.clip_l.embedding.token_embedding), id(backbone.clip_g.embedding.token_embedding))
+    if _ENCODERS.get(backbone, (None,))[0] != key:
         from keras_diffusion.compile import CompiledLoop
         from keras_diffusion.sd3.finetune import encode_text
 
@@ -417,8 +422,8 @@ def _example_encoder(backbone):
             context, pooled = encode_text(backbone, token_ids)
             return latents, flipped, context, pooled
 
-        _ENCODERS[backbone] = CompiledLoop(encode, backbone)
-    return _ENCODERS[backbone]
+        _ENCODERS[backbone] = (key, CompiledLoop(encode, backbone))
+    return _ENCODERS[backbone][1]
 
 
 def _pad(array, size):

@@ -237,6 +237,9 @@ def _finetune(args, model, dataset):
     )
     trainer.compile(optimizer)
     trainable = count_params(trainer.trainable_variables)
+    # LoRA adapters are part of the backbone; the placeholder rows are not.
+    total = model.backbone.count_params() - (trainable if use_lora else 0)
+    print(f"Training {trainable:,} of the model's {total:,} parameters ({trainable / total:.3%}).")
     start = time.time()
     history = trainer.fit(
         batches,
@@ -263,7 +266,7 @@ def _finetune(args, model, dataset):
         "loss": history.history.get("loss", []),
         "optimizer_steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
         "trainable_parameters": trainable,
-        "total_parameters": model.backbone.count_params() - (trainable if use_lora or inversion else 0),
+        "total_parameters": total,
         "train_seconds": round(seconds, 2),
         "sample_prompts": prompts,
         "seed": seed,

@@ -65,7 +65,7 @@ class PlaceholderEmbedding(keras.layers.Layer):
     last row (the end token).
 
     Args:
-        base: the encoder's `ReversibleEmbedding` (frozen here).
+        base: the encoder's `ReversibleEmbedding` (not trained).
         initial_rows: float array `(n, embedding_dim)`.
 
     Example:
@@ -79,7 +79,6 @@ class PlaceholderEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         initial_rows = np.asarray(initial_rows, "float32")
         self.base = base
-        base.trainable = False
         self.first_id = base.input_dim - 1
         self.rows = self.add_weight(
             shape=initial_rows.shape,
@@ -216,14 +215,18 @@ def add_placeholder_token(model, placeholder, initializer_token=None, *, initial
             to_lower=clip_preprocessor.to_lower,
             config_file=clip_preprocessor.config_file,
         )
-        layer = PlaceholderEmbedding(embedding.token_embedding, rows, name=f"{name}_placeholder")
+        layers.append(
+            PlaceholderEmbedding(embedding.token_embedding, rows, name=f"{name}_placeholder")
+        )
+        token_ids[name] = end_id
+    # Only once both encoders passed every check does the model change.
+    for name, layer in zip(_ENCODERS, layers):
         # The encoder's functional graph calls `embedding.token_embedding`
         # at run time. The built layer refuses new tracked state, and the
         # new rows must not join the backbone's saved weights anyway: set
         # the attribute without Keras' tracking.
-        object.__setattr__(embedding, "token_embedding", layer)
-        layers.append(layer)
-        token_ids[name] = end_id
+        object.__setattr__(getattr(backbone, name).embedding, "token_embedding", layer)
+        layer.base.trainable = False  # only the new rows train
     model.replace_preprocessor(
         keras_hub.models.StableDiffusion3TextToImagePreprocessor(
             new_preprocessors["clip_l"],
