@@ -113,6 +113,8 @@ class Config:
         jit_compile: `"auto"`, `"true"` or `"false"`, passed to Keras' `compile()`.
         dtype_policy: Keras dtype policy, e.g. `"mixed_bfloat16"`; diffusers
             then trains and samples under `torch.autocast(bfloat16)`.
+        xla_flags: added to `XLA_FLAGS` of the JAX worker subprocess, e.g.
+            `"--xla_cpu_use_onednn=true"` (oneDNN convolutions in XLA:CPU).
     """
 
     network: str = "mnist_small"
@@ -129,6 +131,7 @@ class Config:
     threads: int = 0
     jit_compile: str = "auto"
     dtype_policy: str = "float32"
+    xla_flags: str = ""
 
     @classmethod
     def smoke(cls, **overrides):
@@ -528,6 +531,8 @@ def _run_subprocess(worker, cfg, workdir, backend=None, parity_only=False, timeo
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if backend:
         env["KERAS_BACKEND"] = backend
+    if backend == "jax" and cfg.xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {cfg.xla_flags}".strip()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
     if completed.returncode:
