@@ -89,6 +89,21 @@ def test_fid_matches_scipy_over_uneven_batches(rng):
     np.testing.assert_allclose(float(lazy.result()), expected, rtol=1e-4)
 
 
+def test_fid_of_a_set_with_itself_is_zero_to_working_precision(rng):
+    # 64-D features of 40 images: a rank-deficient covariance, where float32
+    # rounding is ~1e-4 of the trace; float64, where the backend has it, ~1e-12.
+    from keras_diffusion.metrics._base import accumulator_dtype
+
+    x = _features(rng, 40, 64).astype("float64")
+    trace = np.trace(np.cov(x, rowvar=False))
+    tolerance = 1e-9 if accumulator_dtype() == "float64" else 1e-3
+    assert abs(float(metrics.fid_from_features(x, x))) < tolerance * trace
+    metric = metrics.FID(feature_extractor=None, num_features=64)
+    metric.update_state(x[:15], x[:25])
+    metric.update_state(x[15:], x[25:])
+    assert abs(float(metric.result())) < tolerance * trace
+
+
 def test_fid_statistics_closed_form():
     # Diagonal covariances: tr sqrt(A B) = sum sqrt(a_i b_i).
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])

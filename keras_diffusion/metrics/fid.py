@@ -7,6 +7,20 @@ from keras_diffusion.metrics._base import ExtractorMetric
 from keras_diffusion.metrics._base import accumulator_dtype
 
 
+def _matmul(a, b):
+    """a @ b in the inputs' dtype.
+
+    `ops.einsum`, because Keras' torch backend computes `ops.matmul` and
+    `ops.dot` of float64 inputs in float32 (Keras 3.15).
+    """
+    return ops.einsum("ij,jk->ik", a, b)
+
+
+def _gram(centered):
+    """centered^T centered, the sum of outer products of the rows."""
+    return ops.einsum("ni,nj->ij", centered, centered)
+
+
 def _sqrt_psd(cov):
     """Square root of a symmetric PSD matrix, by `ops.eigh`.
 
@@ -18,7 +32,7 @@ def _sqrt_psd(cov):
     resolution = 2.2e-16 if keras.backend.standardize_dtype(cov.dtype) == "float64" else 1.2e-7
     cutoff = ops.max(eigenvalues) * resolution * ops.cast(ops.shape(cov)[0], cov.dtype)
     eigenvalues = ops.where(eigenvalues > cutoff, eigenvalues, ops.zeros_like(eigenvalues))
-    return ops.matmul(eigenvectors * ops.sqrt(eigenvalues), ops.transpose(eigenvectors))
+    return _matmul(eigenvectors * ops.sqrt(eigenvalues), ops.transpose(eigenvectors))
 
 
 def _trace_sqrt_product(cov_a, cov_b):
@@ -30,7 +44,7 @@ def _trace_sqrt_product(cov_a, cov_b):
     the eigenvalues of sqrt(A) B sqrt(A) avoids squaring the matrix, which
     would cost half the digits in float32.
     """
-    product = ops.matmul(_sqrt_psd(cov_a), _sqrt_psd(cov_b))
+    product = _matmul(_sqrt_psd(cov_a), _sqrt_psd(cov_b))
     return ops.sum(ops.svd(product, compute_uv=False))
 
 
@@ -76,7 +90,7 @@ def _mean_and_cov(features):
     mean = ops.mean(features, axis=0)
     centered = features - mean
     count = ops.cast(ops.shape(features)[0], features.dtype)
-    return mean, ops.matmul(ops.transpose(centered), centered) / (count - 1.0)
+    return mean, _gram(centered) / (count - 1.0)
 
 
 def fid_from_features(real_features, generated_features):
@@ -157,7 +171,7 @@ class FID(ExtractorMetric):
         batch_count = ops.cast(ops.shape(features)[0], count.dtype)
         batch_mean = ops.mean(features, axis=0)
         centered = features - batch_mean
-        batch_outer_sum = ops.matmul(ops.transpose(centered), centered)
+        batch_outer_sum = _gram(centered)
         total = count + batch_count
         delta = batch_mean - mean
         mean.assign(mean + delta * (batch_count / total))
