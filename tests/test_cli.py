@@ -231,19 +231,23 @@ def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
     from keras_diffusion import metrics
 
     out = tmp_path / "metrics.json"
-    args = ["evaluate", "--model", str(untrained_model), "--num-images", "6", "--batch-size", "8",
+    args = ["evaluate", "--model", str(untrained_model), "--num-images", "24", "--batch-size", "24",
             "--steps", "2", "--json", str(out)]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert "Feature extractor: mnist_classifier" in text
     results = json.loads(out.read_text())
     assert (results["feature_extractor"], results["num_generated"], results["num_real"], results["image_size"]) == (
-        "mnist_classifier", 6, 6, 16)
+        "mnist_classifier", 24, 24, 16)
     for key, label in (("fid", "FID"), ("kid", "KID"), ("inception_score", "IS")):
         assert f"{label}:" in text and np.isfinite(results[key])
-    # Noise against digits: far apart, and the noise is no digit in particular.
-    assert results["fid"] > 100 and results["kid"] > 1
-    real, _ = metrics.mnist_held_out(image_size=16, num_images=6)
+    # An untrained model's blobs are much further from the 24 held-out digits
+    # than the next 24 held-out digits are.
+    real, _ = metrics.mnist_held_out(image_size=16, num_images=48)
+    features = metrics.mnist_classifier_features()(real)
+    assert results["fid"] > 5 * float(metrics.fid_from_features(features[:24], features[24:]))
+    assert results["kid"] > 10 * max(float(metrics.kid_from_features(features[:24], features[24:])), 0.01)
+    real = real[:24]
     probabilities = metrics.mnist_classifier_probabilities()(real)
     expected = float(metrics.inception_score_from_probabilities(probabilities))
     assert results["real_inception_score"] == pytest.approx(expected, rel=1e-4)
