@@ -13,11 +13,13 @@ bundled held-out real digits with the bundled MNIST classifier's features
 Heun evaluates the model `2 * steps - 1` times, so it gets the largest
 step count that fits the budget and the table shows its actual NFE.
 
-Usage (the README's quality table):
+Usage (the README's quality table; run from the repository root):
     python -m keras_diffusion train ddpm --dataset mnist --exclude-held-out \\
-        --epochs 40 --out runs/quality
-    python tools/sampler_quality.py --model runs/quality/model.keras \\
-        --out docs/sampler_quality
+        --image-size 16 --epochs 15 --out runs/quality16
+    python -m tools.sampler_quality --model runs/quality16/model.keras \\
+        --out docs/sampler_quality --budgets 10,20,50
+    python -m tools.sampler_quality --model runs/quality16/model.keras \\
+        --out docs/sampler_quality --budgets 10,20,50,1000 --samplers ddpm --reuse
 """
 
 import argparse
@@ -77,7 +79,9 @@ def _plot(results, path):
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for sampler in SAMPLERS:
-        rows = [r for r in results if r["sampler"] == sampler]
+        rows = sorted((r for r in results if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        if not rows:
+            continue
         ax.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], marker="o", label=sampler)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -95,7 +99,8 @@ def _table(results, settings, reference_fid):
     lines = [
         f"FID (lower is better) of {settings['num_images']} samples against {settings['num_real']} "
         "held-out real digits, MNIST-classifier features. Columns are model-evaluation budgets; "
-        "a cell shows FID, and the evaluations actually used where they differ.",
+        "a cell shows FID, and the evaluations actually used where they differ; "
+        "\"-\" marks a cell not measured.",
         "",
         "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
         "|---|" + "---|" * len(budgets),
@@ -103,7 +108,10 @@ def _table(results, settings, reference_fid):
     for sampler in SAMPLERS:
         cells = []
         for budget in budgets:
-            row = next(r for r in results if r["sampler"] == sampler and r["budget"] == budget)
+            row = next((r for r in results if r["sampler"] == sampler and r["budget"] == budget), None)
+            if row is None:
+                cells.append("-")
+                continue
             note = f" ({row['nfe']})" if row["nfe"] != budget else ""
             cells.append(f"{row['fid']:.2f}{note}")
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
@@ -116,9 +124,27 @@ def _table(results, settings, reference_fid):
         f"Machine: {settings['machine']['cpu']} ({settings['machine']['cores']} cores), backend "
         f"{settings['machine']['backend']}, devices {settings['machine']['devices']}. "
         f"Total time {settings['seconds']:.0f} s.",
-        f"Command: `{settings['command']}`",
+        "Commands, in order: " + "; ".join(f"`{c}`" for c in settings["commands"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _reusable_results(args):
+    """Rows of an earlier run to OUT.json with the same settings, and its total time."""
+    path = args.out + ".json"
+    if not os.path.exists(path):
+        return [], 0.0, []
+    with open(path) as file:
+        earlier = json.load(file)
+    settings = earlier["settings"]
+    same = {
+        "model": args.model, "seed": args.seed, "num_images": args.num_images,
+        "sigma_schedule": args.sigma_schedule,
+    }
+    differing = {k: settings[k] for k in same if settings[k] != same[k]}
+    if differing:
+        raise SystemExit(f"--reuse: {path} was measured with other settings {differing}; drop --reuse.")
+    return earlier["results"], settings["seconds"], settings["commands"]
 
 
 def main(argv=None):
@@ -132,8 +158,21 @@ def main(argv=None):
     parser.add_argument(
         "--budgets", default="10,20,50,1000", help="comma-separated model-evaluation budgets (columns)"
     )
+    parser.add_argument(
+        "--samplers", default=",".join(SAMPLERS), help="comma-separated samplers to measure (rows)"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the cells already in OUT.json (same model, seed, images and schedule) "
+        "and measure only the missing ones",
+    )
     args = parser.parse_args(argv)
     budgets = tuple(int(b) for b in args.budgets.split(","))
+    samplers = tuple(args.samplers.split(","))
+    unknown = sorted(set(samplers) - set(SAMPLERS))
+    if unknown:
+        parser.error(f"unknown sampler(s) {unknown}; choose from {list(SAMPLERS)}")
 
     import keras
     import numpy as np
@@ -153,10 +192,12 @@ def main(argv=None):
     reference_fid, _ = _fid_and_kid(real, train_real[: len(real)])
     print(f"real-vs-real reference FID: {reference_fid:.3f}", flush=True)
 
-    results = []
+    results, previous_seconds, commands = _reusable_results(args) if args.reuse else ([], 0.0, [])
     # Cheapest column first: an interrupted run still has whole columns.
     for budget in sorted(budgets):
-        for sampler in SAMPLERS:
+        for sampler in samplers:
+            if any(r["sampler"] == sampler and r["budget"] == budget for r in results):
+                continue
             steps = steps_for_budget(sampler, budget)
             t0 = time.time()
             parts = []
@@ -177,10 +218,12 @@ def main(argv=None):
             results.append(row)
             print(json.dumps(row), flush=True)
 
+    budgets = tuple(sorted({r["budget"] for r in results}))
     settings = {
         "model": args.model, "budgets": budgets, "num_images": args.num_images, "num_real": len(real), "seed": args.seed,
-        "sigma_schedule": args.sigma_schedule, "machine": _machine(), "seconds": time.time() - start,
-        "command": "python tools/sampler_quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sigma_schedule": args.sigma_schedule, "machine": _machine(), "seconds": previous_seconds + time.time() - start,
+        "commands": commands
+        + ["python -m tools.sampler_quality " + " ".join(sys.argv[1:] if argv is None else argv)],
     }
     write_json(args.out + ".json", {"settings": settings, "reference_fid": reference_fid, "results": results})
     table = _table(results, settings, reference_fid)
