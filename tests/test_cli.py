@@ -60,6 +60,9 @@ def trained(tmp_path_factory):
         [sys.executable, "-m", "keras_diffusion", *args],
         # One pipe, so that logs on stderr cannot fill an unread pipe and stall it.
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+        # A shell that starts the suite in the background (`cmd &`) ignores
+        # SIGINT, and children inherit that; restore Ctrl+C as a user has it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as first:
         # Keras prints "Epoch 2/6" once epoch 1 has ended and been backed up.
         for line in first.stdout:
