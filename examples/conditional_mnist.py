@@ -21,7 +21,7 @@ import numpy as np
 
 import keras_diffusion as kd
 from keras_diffusion.files import write_json
-from keras_diffusion.metrics import mnist_classifier
+from keras_diffusion.metrics import mnist_classifier_probabilities
 from example_utils import EpochTimer
 
 
@@ -29,6 +29,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", default="runs/conditional_mnist")
+    parser.add_argument("--image-size", type=int, default=32, help="16 trains about 4x faster on a CPU")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--label-dropout", type=float, default=0.1)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
@@ -43,9 +44,11 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    images, labels = kd.datasets.load_mnist(image_size=32, seed=args.seed)
-    print(f"Data: {len(images)} bundled MNIST digits with their labels.")
-    network = kd.networks.unet_from_preset("mnist_small", num_classes=10)
+    images, labels = kd.datasets.load_mnist(image_size=args.image_size, seed=args.seed)
+    print(f"Data: {len(images)} bundled MNIST digits ({args.image_size}x{args.image_size}) with their labels.")
+    network = kd.networks.unet_from_preset(
+        "mnist_small", num_classes=10, image_shape=(args.image_size, args.image_size, 1)
+    )
     model = kd.DDPM(
         network, kd.DiscreteVPSchedule("cosine"), num_classes=10, label_dropout=args.label_dropout, seed=args.seed
     )
@@ -69,8 +72,7 @@ def main():
         guidance_scale=args.guidance_scale, seed=args.seed,
     )
     grid = kd.images.save_grid(os.path.join(args.out, "digits.png"), digits, rows=10)
-    classifier = mnist_classifier()
-    read = classifier.predict(digits.astype("float32") / 255.0, verbose=0).argmax(-1)
+    read = keras.ops.convert_to_numpy(mnist_classifier_probabilities()(digits)).argmax(-1)
     per_digit = [float((read[wanted == k] == k).mean()) for k in range(10)]
     seconds = [round(s, 1) for s in timer.seconds]
     write_json(
