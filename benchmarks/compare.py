@@ -115,6 +115,8 @@ class Config:
             then trains and samples under `torch.autocast(bfloat16)`.
         xla_flags: added to `XLA_FLAGS` of the JAX worker subprocess, e.g.
             `"--xla_cpu_use_onednn=true"` (oneDNN convolutions in XLA:CPU).
+        data_format: the U-Net's inner layout, `"channels_last"` or
+            `"channels_first"` (same weights and math; see `build_unet`).
     """
 
     network: str = "mnist_small"
@@ -132,6 +134,7 @@ class Config:
     jit_compile: str = "auto"
     dtype_policy: str = "float32"
     xla_flags: str = ""
+    data_format: str = "channels_last"
 
     @classmethod
     def smoke(cls, **overrides):
@@ -268,7 +271,7 @@ def run_keras(cfg, workdir, parity_only=False):
     keras.config.set_dtype_policy(cfg.dtype_policy)
     inputs = _shared_inputs(cfg, workdir)
     keras.utils.set_random_seed(cfg.seed)
-    network = kd.networks.build_unet(**NETWORKS[cfg.network])
+    network = kd.networks.build_unet(**NETWORKS[cfg.network], data_format=cfg.data_format)
     init_path = os.path.join(workdir, "init_weights.npz")
     parity_path = os.path.join(workdir, "parity_weights.npz")
     if not os.path.exists(init_path):

@@ -147,9 +147,28 @@ def test_keras_save_load_round_trip(tmp_path):
     )
 
 
+def test_channels_first_layout_computes_the_same_function(tmp_path):
+    # Inputs and outputs stay channels-last; only the inner layout changes,
+    # so weights move between the two layouts unchanged.
+    last = build_unet(**TINY, num_classes=3)
+    first = build_unet(**TINY, num_classes=3, data_format="channels_first")
+    _randomize_head(last)
+    first.set_weights(last.get_weights())
+    inputs = _inputs(num_classes=3)
+    # predict_on_batch compiles (XLA on TensorFlow, whose CPU kernels are NHWC-only).
+    expected = last.predict_on_batch(inputs)
+    np.testing.assert_allclose(first.predict_on_batch(inputs), expected, atol=1e-5)
+    path = tmp_path / "channels_first.keras"
+    first.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.get_layer("stem").data_format == "channels_first"
+    np.testing.assert_allclose(restored.predict_on_batch(inputs), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        (dict(data_format="NCHW"), r"`data_format` must be 'channels_last', 'channels_first' or None"),
         (dict(image_shape=(18, 18, 1), widths=(8, 16, 16)), r"divisible by 2\*\*"),
         (dict(widths=(8, 10)), r"multiple of `norm_groups`=4"),
         (dict(widths=()), r"`widths` must list at least one"),

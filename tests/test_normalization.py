@@ -52,3 +52,13 @@ def test_mixed_precision_output_dtype(rng):
     layer = GroupNorm(2, dtype="mixed_bfloat16")
     out = layer(rng.normal(size=(1, 4, 4, 4)).astype("float32"))
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+
+
+def test_channels_first_matches_channels_last(rng):
+    x = (rng.normal(size=(2, 6, 5, 8)) + 0.5).astype("float32")
+    last, _ = _pair(4, x.shape, rng)
+    first = GroupNorm(4, axis=1)
+    first.build((2, 8, 6, 5))
+    first.set_weights(last.get_weights())
+    out = ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2))))
+    np.testing.assert_allclose(np.transpose(out, (0, 2, 3, 1)), ops.convert_to_numpy(last(x)), atol=1e-5)

@@ -17,6 +17,8 @@ class SpatialSelfAttention(keras.layers.Layer):
         groups: Number of groups of the GroupNormalization; must divide the
             channel count of the input.
         num_heads: Number of attention heads; must divide the channel count.
+        data_format: `"channels_last"` (default) or `"channels_first"`, the
+            layout of the feature map. The weights are the same in both.
         **kwargs: Standard `keras.layers.Layer` arguments (`name`, `dtype`).
 
     Returns:
@@ -29,8 +31,13 @@ class SpatialSelfAttention(keras.layers.Layer):
     (2, 8, 8, 16)
     """
 
-    def __init__(self, groups=8, num_heads=1, **kwargs):
+    def __init__(self, groups=8, num_heads=1, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}."
+            )
+        self.data_format = data_format
         for arg, value in (("groups", groups), ("num_heads", num_heads)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -40,13 +47,14 @@ class SpatialSelfAttention(keras.layers.Layer):
         self.num_heads = num_heads
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
+        channel_axis = 1 if self.data_format == "channels_first" else -1
+        if len(input_shape) != 4 or input_shape[channel_axis] is None:
+            layout = "(batch, channels, height, width)" if channel_axis == 1 else "(batch, height, width, channels)"
             raise ValueError(
-                "SpatialSelfAttention expects inputs of shape "
-                f"(batch, height, width, channels) with known channels, got "
-                f"{input_shape}."
+                f"SpatialSelfAttention expects inputs of shape {layout} with "
+                f"known channels, got {input_shape}."
             )
-        channels = input_shape[-1]
+        channels = input_shape[channel_axis]
         for arg, value in (("groups", self.groups), ("num_heads", self.num_heads)):
             if channels % value:
                 raise ValueError(
@@ -55,35 +63,51 @@ class SpatialSelfAttention(keras.layers.Layer):
                 )
         # Sub-layers depend on the channel count, so they are made here.
         self.norm = GroupNorm(
-            groups=self.groups, dtype=self.dtype_policy, name="norm"
+            groups=self.groups, axis=channel_axis, dtype=self.dtype_policy, name="norm"
         )
         self.query, self.key, self.value, self.proj = (
             keras.layers.Dense(channels, dtype=self.dtype_policy, name=name)
             for name in ("query", "key", "value", "proj")
         )
-        for layer in (self.norm, self.query, self.key, self.value, self.proj):
-            layer.build(input_shape)
+        self.norm.build(input_shape)
+        for layer in (self.query, self.key, self.value, self.proj):
+            layer.build((None, None, channels))
 
     def call(self, inputs):
-        batch, height, width, channels = ops.shape(inputs)
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            batch, channels, height, width = ops.shape(inputs)
+        else:
+            batch, height, width, channels = ops.shape(inputs)
         head_dim = channels // self.num_heads
         normed = self.norm(inputs)
+        # One token per pixel: (batch, height * width, channels).
+        if channels_first:
+            normed = ops.transpose(ops.reshape(normed, (batch, channels, height * width)), (0, 2, 1))
+        else:
+            normed = ops.reshape(normed, (batch, height * width, channels))
 
-        def to_tokens(x):
+        def to_heads(x):
             return ops.reshape(x, (batch, height * width, self.num_heads, head_dim))
 
         out = ops.dot_product_attention(
-            to_tokens(self.query(normed)),
-            to_tokens(self.key(normed)),
-            to_tokens(self.value(normed)),
+            to_heads(self.query(normed)),
+            to_heads(self.key(normed)),
+            to_heads(self.value(normed)),
         )
-        out = ops.reshape(out, (batch, height, width, channels))
-        return inputs + self.proj(out)
+        out = self.proj(ops.reshape(out, (batch, height * width, channels)))
+        if channels_first:
+            out = ops.reshape(ops.transpose(out, (0, 2, 1)), (batch, channels, height, width))
+        else:
+            out = ops.reshape(out, (batch, height, width, channels))
+        return inputs + out
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"groups": self.groups, "num_heads": self.num_heads})
+        config.update(
+            {"groups": self.groups, "num_heads": self.num_heads, "data_format": self.data_format}
+        )
         return config

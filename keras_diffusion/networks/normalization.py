@@ -14,19 +14,21 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class GroupNorm(keras.layers.GroupNormalization):
-    """`keras.layers.GroupNormalization`, faster for channels-last feature maps.
+    """`keras.layers.GroupNormalization`, faster for 4-D feature maps.
 
     Same arguments, weights (`gamma`, `beta`) and math as Keras' layer
     (`var = E[x^2] - E[x]^2`, as `keras.ops.moments` computes it), so
-    weights move freely between the two. Inputs other than 4-D
-    channels-last use Keras' own implementation.
+    weights move freely between the two. 4-D inputs take the fast path
+    with `axis=-1` (channels last) or `axis=1` (channels first); others
+    use Keras' own implementation.
 
     Args:
         groups: number of channel groups; must divide the channel count.
         **kwargs: every other `keras.layers.GroupNormalization` argument.
 
     Returns:
-        Called on `(batch, height, width, channels)`, a tensor of that shape.
+        Called on `(batch, height, width, channels)` (or, with `axis=1`,
+        `(batch, channels, height, width)`), a tensor of that shape.
 
     Example:
     >>> x = keras.random.normal((2, 4, 4, 8))
@@ -36,14 +38,17 @@ class GroupNorm(keras.layers.GroupNormalization):
     """
 
     def call(self, inputs):
-        if len(inputs.shape) != 4 or self.axis not in (-1, 3):
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3, 1):
             return super().call(inputs)
-        channels = inputs.shape[-1]
+        channels_first = self.axis == 1
+        channels = inputs.shape[1 if channels_first else -1]
         per_group = channels // self.groups
         x = ops.cast(inputs, "float32")
+        spatial = (2, 3) if channels_first else (1, 2)
+
         # Per-channel means over the pixels, then averaged within each group.
         def group_mean(values):
-            per_channel = ops.mean(values, axis=(1, 2))
+            per_channel = ops.mean(values, axis=spatial)
             return ops.mean(ops.reshape(per_channel, (-1, self.groups, per_group)), axis=-1)
 
         mean, mean_sq = group_mean(x), group_mean(ops.square(x))
@@ -56,5 +61,8 @@ class GroupNorm(keras.layers.GroupNormalization):
         shift = -mean * inv
         if self.center:
             shift = shift + ops.cast(self.beta, "float32")
-        out = x * inv[:, None, None, :] + shift[:, None, None, :]
+        if channels_first:
+            out = x * inv[:, :, None, None] + shift[:, :, None, None]
+        else:
+            out = x * inv[:, None, None, :] + shift[:, None, None, :]
         return ops.cast(out, self.compute_dtype)
