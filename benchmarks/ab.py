@@ -11,7 +11,8 @@ robust to other load on the machine; absolute times are not.
 A variant is a comma-separated list of `key=value`:
 - `norm=keras|fast`: Keras' `GroupNormalization` or `keras_diffusion`'s `GroupNorm`;
 - `jit=auto|true|false`: `jit_compile` of `compile()`;
-- `dtype=float32|mixed_bfloat16`: the Keras dtype policy of the network.
+- `dtype=float32|mixed_bfloat16`: the Keras dtype policy of the network;
+- `layout=channels_last|channels_first`: the U-Net's inner `data_format`.
 """
 
 import argparse
@@ -22,11 +23,11 @@ import numpy as np
 
 
 def _parse_variant(text):
-    variant = {"norm": "fast", "jit": "auto", "dtype": "float32"}
+    variant = {"norm": "fast", "jit": "auto", "dtype": "float32", "layout": "channels_last"}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if key not in variant:
-            raise ValueError(f"Unknown variant key {key!r} in {text!r}; use norm, jit or dtype.")
+            raise ValueError(f"Unknown variant key {key!r} in {text!r}; use {', '.join(variant)}.")
         variant[key] = value
     return variant
 
@@ -45,7 +46,7 @@ def _build(variant, network_config, weights, seed):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(variant["dtype"])
     try:
-        network = kd.networks.build_unet(**network_config)
+        network = kd.networks.build_unet(**network_config, data_format=variant["layout"])
     finally:
         unet.GroupNorm, attention.GroupNorm = saved
         keras.config.set_dtype_policy(previous_policy)

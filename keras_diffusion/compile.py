@@ -7,7 +7,11 @@ into one compiled program per input signature:
   passed in as arguments through a `keras.StatelessScope`, so weights
   changed by training are always the ones used (KerasHub's
   `TextToImage.make_generate_function` does the same).
-- TensorFlow: `tf.function(jit_compile=True)` (XLA).
+- TensorFlow: `tf.function`, with XLA unless `jit_compile=False`.
+  Diffusion models pass their `jit_compile`, which Keras resolves from
+  "auto" to no XLA on a CPU-only machine: TensorFlow's graph runs oneDNN
+  kernels there, faster than XLA:CPU on convolutions
+  (benchmarks/README.md).
 - PyTorch: eager execution under `torch.no_grad()`; no graph to build.
 
 Each compiled function counts how often its Python body was traced, so
@@ -25,6 +29,9 @@ class CompiledLoop:
         fn: a function of tensors written with `keras.ops`.
         variables_owner: the `keras.Layer`/`keras.Model` whose variables
             `fn` reads.
+        jit_compile: on TensorFlow, whether to compile with XLA (default
+            True). Diffusion models pass their own `model.jit_compile`.
+            Ignored on other backends.
 
     Attributes:
         trace_count: how many times `fn`'s Python body was traced into a
@@ -39,8 +46,9 @@ class CompiledLoop:
     (4, 2)
     """
 
-    def __init__(self, fn, variables_owner):
+    def __init__(self, fn, variables_owner, jit_compile=True):
         self.backend = keras.backend.backend()
+        self.jit_compile = bool(jit_compile)
         self.trace_count = 0
         self._owner = variables_owner
         self._fn = fn
@@ -71,7 +79,7 @@ class CompiledLoop:
     def _build_tensorflow(self):
         import tensorflow as tf
 
-        return tf.function(self._traced, jit_compile=True)
+        return tf.function(self._traced, jit_compile=self.jit_compile)
 
     def _build_torch(self):
         import torch

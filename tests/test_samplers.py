@@ -230,8 +230,8 @@ def test_generate_ddim_matches_diffusers_loop(spacing, clip, prediction_type):
 def test_generate_runs_each_sampler_like_one_uninterrupted_loop(name):
     """`generate`'s chunked loop (state and noise carried across chunks) equals one whole loop.
 
-    Both run compiled: TensorFlow's stateless random ops draw other numbers
-    under XLA than eagerly, so an eager run would differ in its noise there.
+    Both run compiled the same way (`model.jit_compile`): TensorFlow's
+    stateless random ops draw other numbers under XLA than without it.
     """
     model = _model()
     got = model.generate(SHAPE[0], sampler=name, num_steps=6, sigma_schedule="karras", seed=3,
@@ -246,7 +246,7 @@ def test_generate_runs_each_sampler_like_one_uninterrupted_loop(name):
         state = sampler.initial_state(x, options)
         return run_steps(sampler.step, model.denoise, x, state, ops.convert_to_tensor(sigmas), seed, 0, 6, **options)[0]
 
-    expected = ops.convert_to_numpy(CompiledLoop(whole_loop, model)(x, seed))
+    expected = ops.convert_to_numpy(CompiledLoop(whole_loop, model, jit_compile=model.jit_compile)(x, seed))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -379,7 +379,7 @@ class DiffusionModel(keras.Model):
         return unconditional + guidance_scale * (conditional - unconditional)
 
     def _get_loop(self, sampler, options, clip_x0, conditional, guided):
-        key = (sampler.name, tuple(sorted(options.items())), clip_x0, conditional, guided)
+        key = (sampler.name, tuple(sorted(options.items())), clip_x0, conditional, guided, self.jit_compile)
         if key not in self._sampling_loops:
 
             def loop(x, state, sigmas, seed, start, stop, *cond):
@@ -391,7 +391,7 @@ class DiffusionModel(keras.Model):
 
                 return run_steps(sampler.step, denoiser, x, state, sigmas, seed, start, stop, **options)
 
-            self._sampling_loops[key] = CompiledLoop(loop, self)
+            self._sampling_loops[key] = CompiledLoop(loop, self, jit_compile=self.jit_compile)
         return self._sampling_loops[key]
 
     def _check_generate_args(self, num_images, labels, guidance_scale, initial_noise):
