@@ -20,9 +20,9 @@ import keras
 import numpy as np
 
 import keras_diffusion as kd
-from keras_diffusion.files import write_json
 from keras_diffusion.metrics import mnist_classifier_probabilities
 from example_utils import EpochTimer
+from example_utils import save_run
 
 
 def main():
@@ -64,7 +64,6 @@ def main():
         {"images": images, "labels": labels}, epochs=args.epochs, batch_size=args.batch_size, callbacks=[timer],
         verbose=2,
     )
-    model.save(os.path.join(args.out, "model.keras"))
 
     wanted = np.repeat(np.arange(10), args.per_row)
     digits = model.generate(
@@ -74,17 +73,9 @@ def main():
     grid = kd.images.save_grid(os.path.join(args.out, "digits.png"), digits, rows=10)
     read = keras.ops.convert_to_numpy(mnist_classifier_probabilities()(digits)).argmax(-1)
     per_digit = [float((read[wanted == k] == k).mean()) for k in range(10)]
-    seconds = [round(s, 1) for s in timer.seconds]
-    write_json(
-        os.path.join(args.out, "log.json"),
-        {
-            "backend": keras.backend.backend(),
-            "epochs": args.epochs,
-            "seconds_per_epoch": seconds,
-            "guidance_scale": args.guidance_scale,
-            "classifier_agreement_per_digit": per_digit,
-            "loss": [float(v) for v in history.history["loss"]],
-        },
+    seconds = save_run(
+        args.out, model, timer, history, epochs=args.epochs, image_size=args.image_size,
+        guidance_scale=args.guidance_scale, classifier_agreement_per_digit=per_digit,
     )
     print(f"Epoch training times (s): {seconds}")
     print(

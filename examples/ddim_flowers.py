@@ -25,8 +25,8 @@ import sys
 import keras
 
 import keras_diffusion as kd
-from keras_diffusion.files import write_json
 from example_utils import EpochTimer
+from example_utils import save_run
 from example_utils import RepeatedBatches
 from example_utils import load_flowers
 from example_utils import split_train_validation
@@ -103,21 +103,12 @@ def main():
     history = model.fit(
         train_batches, epochs=args.epochs, validation_data=validation_batches, callbacks=callbacks, verbose=2
     )
-    model.save(os.path.join(args.out, "model.keras"))
+    seconds = save_run(
+        args.out, model, timer, history, data=source, epochs=args.epochs,
+        train_images_per_epoch=len(train_batches) * args.batch_size,
+    )
     samples = model.generate(18, num_steps=args.plot_steps, seed=args.seed)
     grid = kd.images.save_grid(os.path.join(args.out, "samples.png"), samples, rows=3)
-    seconds = [round(s, 1) for s in timer.seconds]
-    write_json(
-        os.path.join(args.out, "log.json"),
-        {
-            "backend": keras.backend.backend(),
-            "data": source,
-            "epochs": args.epochs,
-            "seconds_per_epoch": seconds,
-            "train_images_per_epoch": len(train_batches) * args.batch_size,
-            "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        },
-    )
     print(f"Epoch times (s, training + validation): {seconds}")
     print(f"Wrote {grid}, {os.path.join(args.out, 'model.keras')} and per-epoch grids under {args.out}/epochs")
 

@@ -24,8 +24,8 @@ import sys
 import keras
 
 import keras_diffusion as kd
-from keras_diffusion.files import write_json
 from example_utils import EpochTimer
+from example_utils import save_run
 from example_utils import RepeatedBatches
 from example_utils import load_flowers
 
@@ -67,22 +67,12 @@ def main():
     )
     # The timer comes first, so that its epoch time leaves out the sample grid.
     history = model.fit(batches, epochs=args.epochs, callbacks=[timer, grids], verbose=2)
-    model.save(os.path.join(args.out, "model.keras"))
+    seconds = save_run(
+        args.out, model, timer, history, data=source, epochs=args.epochs,
+        train_images_per_epoch=len(batches) * args.batch_size, sample_steps=args.sample_steps,
+    )
     samples = model.generate(16, sampler="ddpm", num_steps=args.sample_steps, seed=args.seed)
     grid = kd.images.save_grid(os.path.join(args.out, "samples.png"), samples, rows=2)
-    seconds = [round(s, 1) for s in timer.seconds]
-    write_json(
-        os.path.join(args.out, "log.json"),
-        {
-            "backend": keras.backend.backend(),
-            "data": source,
-            "epochs": args.epochs,
-            "seconds_per_epoch": seconds,
-            "train_images_per_epoch": len(batches) * args.batch_size,
-            "sample_steps": args.sample_steps,
-            "loss": [float(v) for v in history.history["loss"]],
-        },
-    )
     print(f"Epoch training times (s): {seconds}")
     print(f"Wrote {grid}, {os.path.join(args.out, 'model.keras')} and grids under {args.out}/epochs")
 

@@ -33,8 +33,8 @@ import sys
 import keras
 
 import keras_diffusion as kd
-from keras_diffusion.files import write_json
 from example_utils import EpochTimer
+from example_utils import save_run
 
 
 def main():
@@ -89,18 +89,8 @@ def main():
     history = model.fit(
         images, epochs=args.epochs, batch_size=args.batch_size, shuffle=True, callbacks=[timer, grids], verbose=2
     )
-    model.save(os.path.join(args.out, "model.keras"))
-    seconds = [round(s, 1) for s in timer.seconds]
-    write_json(
-        os.path.join(args.out, "log.json"),
-        {
-            "backend": keras.backend.backend(),
-            "images": len(images),
-            "epochs": args.epochs,
-            "seconds_per_epoch": seconds,
-            "sample_steps": args.sample_steps,
-            "loss": [float(v) for v in history.history["loss"]],
-        },
+    seconds = save_run(
+        args.out, model, timer, history, images=len(images), epochs=args.epochs, sample_steps=args.sample_steps
     )
     print(f"Epoch training times (s, without the grid): {seconds}")
     print(f"Wrote {len(grids.paths)} grid(s) under {args.out}/epochs, last {grids.paths[-1]}, and {args.out}/model.keras")

@@ -1,4 +1,4 @@
-"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer.
+"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer, saving a run.
 
 Both keras.io examples read the dataset through `tensorflow_datasets`, centre-crop
 each image to a square and resize it (with antialiasing) to 64x64. This module
@@ -7,6 +7,7 @@ otherwise the examples take `--image-folder DIR`, a folder of images that is
 centre-cropped and resized the same way (`keras_diffusion.datasets.load_image_folder`).
 """
 
+import os
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ import keras
 
 from keras_diffusion.datasets import DatasetUnavailableError
 from keras_diffusion.datasets import load_image_folder
+from keras_diffusion.files import write_json
 from keras_diffusion.images import to_model_range
 
 OFFLINE_HELP = (
@@ -140,3 +142,26 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+def save_run(out, model, timer, history, **log):
+    """Saves `OUT/model.keras` and `OUT/log.json` (backend, seconds per epoch, history, `log`).
+
+    Returns:
+        The seconds per epoch, rounded to 0.1 s, as written to the log.
+
+    Example:
+        >>> seconds = save_run(args.out, model, timer, history, epochs=args.epochs)  # doctest: +SKIP
+    """
+    model.save(os.path.join(out, "model.keras"))
+    seconds = [round(s, 1) for s in timer.seconds]
+    write_json(
+        os.path.join(out, "log.json"),
+        {
+            "backend": keras.backend.backend(),
+            "seconds_per_epoch": seconds,
+            **log,
+            "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        },
+    )
+    return seconds
