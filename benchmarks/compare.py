@@ -224,15 +224,16 @@ def keras_flops(network):
     total = 0
     for layer in network.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            _, height, width, _ = layer.output.shape
             kh, kw = layer.kernel_size
-            total += 2 * height * width * kh * kw * layer.input.shape[-1] * layer.filters
+            kernel_in = layer.kernel.shape[2]  # the same in either data_format
+            pixels = int(np.prod(layer.output.shape[1:])) // layer.filters
+            total += 2 * pixels * kh * kw * kernel_in * layer.filters
         elif isinstance(layer, keras.layers.Dense):
             tokens = int(np.prod(layer.input.shape[1:-1] or (1,)))
             total += 2 * tokens * layer.input.shape[-1] * layer.units
         elif isinstance(layer, SpatialSelfAttention):
-            _, height, width, channels = layer.input.shape
-            n = height * width
+            channels = layer.query.units
+            n = int(np.prod(layer.input.shape[1:])) // channels
             total += 4 * 2 * n * channels * channels + 2 * 2 * n * n * channels
     return total
 

@@ -101,13 +101,13 @@ def test_inversion_needs_the_right_inputs():
         _ideal_ddpm().invert(np.zeros((2, 4, 4, 1), "float32"))
 
 
-@pytest.mark.slow
 def test_a_briefly_trained_model_reconstructs_real_digits():
     """A tiny conv DDPM trained briefly on scikit-learn's 8x8 digits inverts and regenerates them.
 
     Each reconstruction must be within RMSE 0.25 (on [-1, 1]) of its digit
     and closer to it than any of 100 other digits is. (Measured on torch:
-    RMSE about 0.18, nearest other digit 0.23 to 0.54 away; 76 s on 2 cores.)
+    RMSE about 0.18, nearest other digit 0.23 to 0.54 away. On 2 idle cores
+    it takes 4 s on TensorFlow, 9 s on JAX, 18 s on torch.)
     """
     images, _ = load_digits(image_size=8)
     keras.utils.set_random_seed(0)
