@@ -336,18 +336,23 @@ def run_keras(cfg, workdir, parity_only=False):
         sampler="ddim", num_steps=cfg.sample_steps, eta=0.0, initial_noise=inputs["sample_noise"],
         use_ema=False, verbose=False,
     )
+    result.update(_time_sampling(lambda: model.generate(cfg.sample_images, **generate), cfg))
+    return result
+
+
+def _time_sampling(sample, cfg):
+    """Times `sample()` twice: the second call gives the throughput, the first minus it the compile time."""
     start = time.perf_counter()
-    model.generate(cfg.sample_images, **generate)
+    sample()
     first = time.perf_counter() - start
     start = time.perf_counter()
-    model.generate(cfg.sample_images, **generate)
+    sample()
     sampling = time.perf_counter() - start
-    result.update(
+    return dict(
         sample_image_steps_per_s=cfg.sample_images * cfg.sample_steps / sampling,
         sample_compile_s=max(first - sampling, 0.0),
         peak_rss_mb=_peak_rss_mb(),
     )
-    return result
 
 
 # ---------------------------------------------------------- diffusers worker
@@ -461,17 +466,7 @@ def run_diffusers(cfg, workdir):
             x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
         return x
 
-    start = time.perf_counter()
-    sample()
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    sample()
-    sampling = time.perf_counter() - start
-    result.update(
-        sample_image_steps_per_s=cfg.sample_images * cfg.sample_steps / sampling,
-        sample_compile_s=max(first - sampling, 0.0),
-        peak_rss_mb=_peak_rss_mb(),
-    )
+    result.update(_time_sampling(sample, cfg))
     return result
 
 

@@ -79,3 +79,18 @@ def write_json(path, data):
             file.write("\n")
 
     return replace_atomically(path, write)
+
+
+def write_npz(path, arrays):
+    """Writes a dict of numpy arrays as an `.npz` file at `path`, atomically; returns `path`.
+
+    Example:
+    >>> write_npz("/tmp/adapters.npz", {"a": np.zeros(3)})  # doctest: +SKIP
+    '/tmp/adapters.npz'
+    """
+    import numpy as np
+
+    def write(file):
+        np.savez(file, **arrays)
+
+    return write_bytes_atomically(path, write)

@@ -16,13 +16,12 @@ layer's path inside the MMDiT, and applied to a freshly loaded model with
 `load_lora`. `merge_lora` folds them into the base kernels.
 """
 
-import io
 import json
 
 import keras
 import numpy as np
 
-from keras_diffusion.files import write_bytes_atomically
+from keras_diffusion.files import write_npz
 
 ATTENTION_TARGETS = ("attention_qkv", "attention_proj", "attention_qkv2", "attention_proj2")
 MLP_TARGETS = ("dense1", "dense2")
@@ -141,13 +140,7 @@ def save_lora(model, path):
         "target_layer_names": sorted({layer.name for layer in layers}),
     }
     arrays[_CONFIG_KEY] = np.array(json.dumps(config))
-
-    def write(file):
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        file.write(buffer.getvalue())
-
-    return write_bytes_atomically(path, write)
+    return write_npz(path, arrays)
 
 
 def load_lora(model, path):

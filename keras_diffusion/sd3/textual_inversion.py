@@ -21,7 +21,6 @@ and prompts can use it with `text_to_image` and the walks. The T5 encoder,
 when present, is not adapted: it reads the placeholder as unknown pieces.
 """
 
-import io
 import json
 
 import keras
@@ -29,7 +28,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from keras_diffusion.files import write_bytes_atomically
+from keras_diffusion.files import write_npz
 
 _ENCODERS = ("clip_l", "clip_g")
 _FORMAT = "keras_diffusion.sd3.textual_inversion/1"
@@ -256,13 +255,7 @@ def save_textual_inversion(inversion, path):
         "initializer_token": inversion.initializer_token,
     }
     arrays = {**inversion.rows(), "config": np.array(json.dumps(config))}
-
-    def write(file):
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        file.write(buffer.getvalue())
-
-    return write_bytes_atomically(path, write)
+    return write_npz(path, arrays)
 
 
 def load_textual_inversion(model, path):
