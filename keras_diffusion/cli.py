@@ -29,7 +29,7 @@ BACKENDS = ("jax", "tensorflow", "torch")
 # spelled out here because reading them would import Keras before --backend
 # is known.
 DATASETS = ("mnist", "digits", "keras_mnist", "fashion_mnist", "cifar10")
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "lms")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler", "euler_ancestral", "heun", "lms", "unipc")
 SIGMA_SCHEDULES = ("model", "karras", "exponential")
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")

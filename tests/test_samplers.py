@@ -106,6 +106,7 @@ DIFFUSERS = {
     "lms": ("LMSDiscreteScheduler", {}, False),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, True),
     "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, True),
+    "unipc": ("UniPCMultistepScheduler", {}, True),
 }
 MODULES = {
     "EulerAncestralDiscreteScheduler": "scheduling_euler_ancestral_discrete",
@@ -124,11 +125,11 @@ def test_trajectory_matches_diffusers(name, karras, feed_our_noise):
     """Whole sampling runs, 10 steps, with and without `use_karras_sigmas`.
 
     Without Karras sigmas both use "trailing" spacing (diffusers' DPM-Solver
-    spaces "leading" and "linspace" over `num_steps + 1` points, unlike its
-    other schedulers). With them both span the full training range (diffusers'
-    "linspace"). Tolerance 1e-4 relative: float32 arithmetic. DPM-Solver with
-    Karras sigmas rounds the network's timestep to an integer (ours passes the
-    fractional one), so that pair agrees to 2e-3 instead.
+    and UniPC space "leading" and "linspace" over `num_steps + 1` points,
+    unlike its other schedulers). With them both span the full training range
+    (diffusers' "linspace"). Tolerance 1e-4 relative: float32 arithmetic.
+    DPM-Solver and UniPC with Karras sigmas round the network's timestep to an
+    integer (ours passes the fractional one), so they agree to 2e-3 instead.
     """
     num_steps = 10
     class_name, options, vp_space = DIFFUSERS[name]

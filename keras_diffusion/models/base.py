@@ -492,7 +492,7 @@ class DiffusionModel(keras.Model):
             num_images: how many images.
             sampler: a name from `keras_diffusion.samplers.SAMPLERS`:
                 `"ddpm"`, `"ddim"`, `"euler"`, `"euler_ancestral"`, `"heun"`,
-                `"dpmpp_2m"`, `"dpmpp_2m_sde"` or `"lms"`.
+                `"dpmpp_2m"`, `"dpmpp_2m_sde"`, `"lms"` or `"unipc"`.
             num_steps: denoising steps; defaults to all training timesteps for
                 `"ddpm"` and 50 otherwise. `"heun"` evaluates the model
                 `2 * num_steps - 1` times (`samplers.num_model_evaluations`).

@@ -16,6 +16,7 @@ descending `sigmas` (ending with 0, see `keras_diffusion.samplers.sigmas`).
 | `dpmpp_2m` | 2 (multistep) | N | |
 | `dpmpp_2m_sde` | 2, stochastic | N | `eta`, `s_noise` |
 | `lms` | up to 4 (multistep) | N | `order` |
+| `unipc` | 2 (multistep predictor-corrector) | N | |
 
 With classifier-free guidance each evaluation runs the network on a batch
 twice the size (conditional and unconditional halves).
@@ -52,6 +53,7 @@ from keras_diffusion.samplers.sigmas import SIGMA_SCHEDULES
 from keras_diffusion.samplers.sigmas import exponential_sigmas
 from keras_diffusion.samplers.sigmas import get_sigmas
 from keras_diffusion.samplers.sigmas import karras_sigmas
+from keras_diffusion.samplers.unipc import unipc_step
 
 _CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
 
@@ -104,6 +106,7 @@ SAMPLERS = {
         Sampler("dpmpp_2m", dpmpp_2m_step, state_size=lambda options: 1),
         Sampler("dpmpp_2m_sde", dpmpp_2m_sde_step, options={"eta": 1.0, "s_noise": 1.0}, state_size=lambda o: 1),
         Sampler("lms", lms_step, options={"order": 4}, state_size=lambda options: options["order"] - 1),
+        Sampler("unipc", unipc_step, state_size=lambda options: 3),
     )
 }
 
@@ -208,6 +211,7 @@ sample_heun = _sample_function("heun")
 sample_dpmpp_2m = _sample_function("dpmpp_2m")
 sample_dpmpp_2m_sde = _sample_function("dpmpp_2m_sde")
 sample_lms = _sample_function("lms")
+sample_unipc = _sample_function("unipc")
 
 __all__ = [
     "SAMPLERS",
@@ -230,5 +234,6 @@ __all__ = [
     "sample_euler_ancestral",
     "sample_heun",
     "sample_lms",
+    "sample_unipc",
     "step_noise",
 ]
