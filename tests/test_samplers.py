@@ -251,7 +251,7 @@ def test_generate_runs_each_sampler_like_one_uninterrupted_loop(name):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "lms"])
+@pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "lms", "unipc"])
 def test_model_evaluations_are_counted_right(name):
     """Multistep samplers reuse past evaluations: one evaluation per step.
 

@@ -23,7 +23,7 @@ from keras_diffusion.samplers import sample
 
 S_D = 0.5
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms")
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc")
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")
 
 
@@ -88,11 +88,11 @@ def test_deterministic_samplers_solve_the_gaussian_ode(name):
     x = _x_T()
     out = ops.convert_to_numpy(sample(name, ideal_denoiser, x, karras_sigmas(40, SIGMA_MIN, SIGMA_MAX)))
     scale = np.abs(_exact(x)).max()
-    tolerance = {"ddim": 0.08, "euler": 0.08, "heun": 0.02, "dpmpp_2m": 0.02, "lms": 0.01}[name]
+    tolerance = {"ddim": 0.08, "euler": 0.08, "heun": 0.02, "dpmpp_2m": 0.02, "lms": 0.01, "unipc": 0.02}[name]
     assert np.abs(out - _exact(x)).max() < tolerance * scale
 
 
-@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("unipc", 2)])
 def test_error_shrinks_with_the_order_of_the_method(name, order):
     """Doubling the steps divides the error by about 2**order."""
     x = _x_T(8)
