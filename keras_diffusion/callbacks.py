@@ -1,7 +1,8 @@
 """Keras callbacks for diffusion training.
 
 `SampleGrid` writes a grid of generated samples every few epochs, so
-training progress can be watched as PNG files.
+training progress can be watched as PNG files. `InterruptAtBatchEnd` makes
+Ctrl+C stop training at a batch boundary.
 
 Checkpointing and resuming an interrupted run needs nothing extra here: use
 Keras' own `keras.callbacks.BackupAndRestore(backup_dir)`, which restores
@@ -9,6 +10,8 @@ the weights, optimizer state and epoch counter when `fit` is called again.
 """
 
 import os
+import signal
+import threading
 
 import keras
 
@@ -92,3 +95,48 @@ class SampleGrid(keras.callbacks.Callback):
         )
         path = os.path.join(self.directory, f"epoch_{number:04d}.png")
         self.paths.append(save_grid(path, images))
+
+
+class InterruptAtBatchEnd(keras.callbacks.Callback):
+    """Turns Ctrl+C during `fit()` into a `KeyboardInterrupt` at the next batch end.
+
+    Python raises `KeyboardInterrupt` wherever the main thread happens to be,
+    which can be inside a backend's native code: a TensorFlow run interrupted
+    there aborted with "free(): invalid next size". This callback replaces the
+    SIGINT handler while training: the first Ctrl+C only sets a flag, and the
+    interrupt is raised from `on_train_batch_end`, in plain Python. A second
+    Ctrl+C interrupts at once. A process that ignores SIGINT (started in the
+    background by a shell) keeps ignoring it.
+
+    Example:
+    >>> model.fit(images, epochs=5, callbacks=[InterruptAtBatchEnd()])  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self._previous = None
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_begin(self, logs=None):
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self._restore()
+            raise KeyboardInterrupt
+
+    def on_train_end(self, logs=None):
+        self._restore()

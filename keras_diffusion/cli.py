@@ -519,10 +519,13 @@ def _fit(args, model, images):
     """Runs `model.fit` with backup/restore; returns the history and seconds per epoch."""
     import keras
 
+    from keras_diffusion.callbacks import InterruptAtBatchEnd
     from keras_diffusion.callbacks import SampleGrid
 
     starts, epoch_seconds = {}, {}
+    interrupt = InterruptAtBatchEnd()
     callbacks = [
+        interrupt,
         keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: starts.update({epoch: time.perf_counter()}),
             on_epoch_end=lambda epoch, logs: epoch_seconds.update(
@@ -551,6 +554,8 @@ def _fit(args, model, images):
             "Interrupted. Run the same command again to resume from the last finished "
             f"epoch (saved in {os.path.join(args.out, 'backup')!r})."
         ) from None
+    finally:
+        interrupt.on_train_end()  # restores Ctrl+C if fit() ended early
     return history, epoch_seconds
 
 

@@ -1,12 +1,14 @@
-"""Tests for keras_diffusion.callbacks.SampleGrid with a stand-in model."""
+"""Tests for keras_diffusion.callbacks with stand-in models."""
 
 import os
+import signal
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from keras_diffusion.callbacks import InterruptAtBatchEnd
 from keras_diffusion.callbacks import SampleGrid
 
 
@@ -77,3 +79,22 @@ def test_sample_grid_rejects_bad_arguments_and_models(tmp_path):
             verbose=0,
             callbacks=[SampleGrid(tmp_path)],
         )
+
+
+def test_ctrl_c_stops_training_at_the_end_of_the_batch():
+    """SIGINT during batch 1 only sets a flag; the interrupt comes when that batch ends."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    finished = []
+    send_ctrl_c = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda batch, logs: batch == 1 and os.kill(os.getpid(), signal.SIGINT),
+        on_train_batch_end=lambda batch, logs: finished.append(batch),
+    )
+    before = signal.getsignal(signal.SIGINT)
+    interrupt = InterruptAtBatchEnd()
+    with pytest.raises(KeyboardInterrupt):
+        # The guard comes last, so the other callbacks see batch 1 end first.
+        model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=3, verbose=0,
+                  callbacks=[send_ctrl_c, interrupt])
+    assert interrupt.requested and finished == [0, 1]
+    assert signal.getsignal(signal.SIGINT) is before
