@@ -60,7 +60,7 @@ def unipc_step(denoiser, x, state, i, sigmas, noise):
     x = _correct(x, last_x, denoised, m1, m2, i, sigmas)
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     h = _log(sigma) - _log(sigma_next)
-    h_phi_1, _, _ = _phi_terms(h)
+    h_phi_1 = ops.expm1(-h)
     first_order = (sigma_next / sigma) * x - h_phi_1 * denoised
     r1 = ops.where(i > 0, (_log(sigma) - _log(sigmas[ops.maximum(i - 1, 0)])) / h, 1.0)
     second_order = first_order - h_phi_1 * 0.5 * (m1 - denoised) / r1
