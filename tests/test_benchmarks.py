@@ -77,3 +77,48 @@ def test_diffusers_layout_mirrors_the_keras_unet():
 def test_bad_backend_names_fail_clearly():
     with pytest.raises(ValueError, match="subset of"):
         compare.run(compare.Config.smoke(), backends=["mxnet"])
+
+
+def test_floor_classifies_kernels():
+    from benchmarks import floor
+
+    assert floor.classify_torch("aten::mkldnn_convolution") == "convolution"
+    assert floor.classify_torch("aten::convolution_backward") == "convolution"
+    assert floor.classify_torch("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention + matmul"
+    assert floor.classify_torch("aten::addmm") == "attention + matmul"
+    assert floor.classify_torch("aten::native_group_norm") == "other ops"
+    assert floor.classify_torch("autograd::engine::evaluate_function: AddBackward0") is None
+    assert floor.classify_tensorflow("_MklNativeFusedConv2D") == "convolution"
+    assert floor.classify_tensorflow("Conv2DBackpropFilter") == "convolution"
+    assert floor.classify_tensorflow("_MklEinsum") == "attention + matmul"
+    assert floor.classify_tensorflow("BatchMatMulV2") == "attention + matmul"
+    assert floor.classify_tensorflow("AddV2") == "other ops"
+    assert floor.classify_tensorflow("StatefulPartitionedCall") is None
+
+
+@pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers (requirements-dev.txt) is the floor's reference")
+def test_floor_splits_steps_and_bounds_the_speedup(tmp_path):
+    from benchmarks import floor
+
+    runs = {"diffusers": floor.measure_diffusers("tiny", batch_size=4, steps=1, threads=1)}
+    if BACKEND == "jax":
+        # XLA fuses ops across kernels, so JAX has no per-kernel split: the CLI refuses it by name.
+        with pytest.raises(SystemExit):
+            floor.main(["--backends", "jax", "--network", "tiny", "--out", str(tmp_path)])
+    else:
+        runs[BACKEND] = floor.measure_keras("tiny", batch_size=4, steps=1, threads=1)
+    for name, passes in runs.items():
+        for kind in ("train", "forward"):
+            row = passes[kind]
+            assert row["wall_ms"] > 0 and row["convolution"] > 0, (name, kind, row)
+            assert row["attention + matmul"] > 0 and row["other ops"] > 0, (name, kind, row)
+    bounds = floor.best_case(runs)
+    for kind, bound in bounds.items():
+        assert bound["max_speedup"] > bound["native_rest_speedup"] > 0
+        assert bound["floor_ms"] == min(
+            p[kind]["convolution"] + p[kind]["attention + matmul"] for p in runs.values()
+        )
+    text = floor.markdown({"config": {"network": "tiny", "batch_size": 4, "steps": 1, "threads": 1},
+                           "machine": compare.machine_info(compare.Config.smoke()), "runs": runs,
+                           "best_case": bounds})
+    assert text.count("| diffusers |") == 2 and "at most" in text
