@@ -117,6 +117,13 @@ class Config:
             `"--xla_cpu_use_onednn=true"` (oneDNN convolutions in XLA:CPU).
         data_format: the U-Net's inner layout, `"channels_last"` or
             `"channels_first"` (same weights and math; see `build_unet`).
+        init: the Keras network's starting weights. `"pytorch"` (default)
+            redraws every kernel and bias with PyTorch's default rule,
+            the one diffusers' `UNet2DModel` starts from, so that the losses
+            after a fixed number of steps compare like with like
+            (`pytorch_default_weights`). `"keras"` keeps the network's own
+            initialisers (Glorot-uniform kernels, zero biases, a
+            zero-initialised last convolution).
     """
 
     network: str = "mnist_small"
@@ -135,6 +142,7 @@ class Config:
     dtype_policy: str = "float32"
     xla_flags: str = ""
     data_format: str = "channels_last"
+    init: str = "pytorch"
 
     @classmethod
     def smoke(cls, **overrides):
@@ -238,6 +246,36 @@ def keras_flops(network):
     return total
 
 
+def pytorch_default_weights(network, seed):
+    """`network`'s weights, with kernels and biases drawn as PyTorch initialises them.
+
+    PyTorch's `Conv2d` and `Linear` draw weights and biases uniformly in
+    `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` (Kaiming-uniform with `a=sqrt(5)`),
+    where `fan_in` is the kernel's input size times its receptive field.
+    Keras kernels are `(..., fan_in_channels, units)`, so `fan_in` is the
+    product of every kernel dimension but the last. Norm scales and shifts
+    keep their ones and zeros, as in PyTorch.
+
+    Args:
+        network: a built Keras model.
+        seed: seed of the draws.
+
+    Returns:
+        A list of NumPy arrays in `network.get_weights()` order.
+    """
+    rng = np.random.default_rng(seed)
+    fan_in = {v.path.rsplit("/", 1)[0]: int(np.prod(v.shape[:-1]))
+              for v in network.weights if v.path.endswith("/kernel")}
+    weights = []
+    for variable, value in zip(network.weights, network.get_weights()):
+        owner, name = variable.path.rsplit("/", 1)
+        if name in ("kernel", "bias") and owner in fan_in:
+            bound = 1.0 / np.sqrt(fan_in[owner])
+            value = rng.uniform(-bound, bound, value.shape).astype(value.dtype)
+        weights.append(value)
+    return weights
+
+
 def _set_threads(backend, threads):
     if backend == "torch":
         import torch
@@ -276,7 +314,7 @@ def run_keras(cfg, workdir, parity_only=False):
     init_path = os.path.join(workdir, "init_weights.npz")
     parity_path = os.path.join(workdir, "parity_weights.npz")
     if not os.path.exists(init_path):
-        initial = network.get_weights()
+        initial = pytorch_default_weights(network, cfg.seed) if cfg.init == "pytorch" else network.get_weights()
         rng = np.random.default_rng(cfg.seed + 1)
         # The head conv starts at zero; random values make the outputs informative.
         parity = [
@@ -562,6 +600,8 @@ def run(cfg, backends=KERAS_BACKENDS, diffusers=True, out=None, in_process=(), p
     Returns:
         `(results, markdown)`: the dict written to `compare.json` and the table.
     """
+    if cfg.init not in ("pytorch", "keras"):
+        raise ValueError(f"`init` must be 'pytorch' or 'keras', got {cfg.init!r}.")
     unknown = [b for b in list(backends) + list(parity_backends or []) if b not in KERAS_BACKENDS]
     if unknown or not backends:
         raise ValueError(

@@ -114,6 +114,7 @@ def markdown(results):
         f"{cfg['learning_rate']:g}, no EMA, {cfg['schedule']} schedule), sampling {cfg['sample_images']} "
         f"images x {cfg['sample_steps']} DDIM steps; seed {cfg['seed']}; dtype policy {cfg['dtype_policy']}; "
         f"jit_compile {cfg['jit_compile']}; U-Net layout {cfg.get('data_format', 'channels_last')}; "
+        f"initial weights {cfg.get('init', 'keras')} (the same on every backend); "
         f"extra XLA_FLAGS for JAX: {cfg.get('xla_flags') or 'none'}.",
         f"Machine: {machine['cpu']}, {machine['cores_available']} cores available "
         f"({machine['cores_total']} total), {machine['threads']} intra-op threads for torch/TF; "

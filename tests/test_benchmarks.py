@@ -128,3 +128,18 @@ def test_floor_splits_steps_and_bounds_the_speedup(tmp_path):
                            "machine": compare.machine_info(compare.Config.smoke()), "runs": runs,
                            "best_case": bounds})
     assert text.count("| diffusers |") == 2 and "at most" in text
+
+
+def test_pytorch_default_weights_follow_the_fan_in_rule():
+    network = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(8, 3), keras.layers.GroupNormalization(2),
+                                keras.layers.Flatten(), keras.layers.Dense(5)])
+    weights = compare.pytorch_default_weights(network, seed=0)
+    kernel, bias, gamma, beta, dense_kernel, dense_bias = weights
+    conv_bound, dense_bound = 1 / np.sqrt(3 * 3 * 4), 1 / np.sqrt(16 * 8)
+    for value, bound in ((kernel, conv_bound), (dense_kernel, dense_bound)):
+        assert 0.8 * bound < np.abs(value).max() <= bound  # uniform over the whole range
+    for value, bound in ((bias, conv_bound), (dense_bias, dense_bound)):
+        assert 0 < np.abs(value).max() <= bound
+    np.testing.assert_array_equal(gamma, 1.0)
+    np.testing.assert_array_equal(beta, 0.0)
+    np.testing.assert_array_equal(weights[0], compare.pytorch_default_weights(network, seed=0)[0])
