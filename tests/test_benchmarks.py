@@ -143,3 +143,10 @@ def test_pytorch_default_weights_follow_the_fan_in_rule():
     np.testing.assert_array_equal(gamma, 1.0)
     np.testing.assert_array_equal(beta, 0.0)
     np.testing.assert_array_equal(weights[0], compare.pytorch_default_weights(network, seed=0)[0])
+
+
+def test_init_effect_gives_a_held_out_curve():
+    from benchmarks import init_effect
+
+    curve = init_effect.held_out_curve("pytorch", "tiny", epochs=1, held_out=16, batch_size=32, train_images=64)
+    assert len(curve) == 1 and 0 < curve[0] < 10
