@@ -56,6 +56,7 @@ from benchmarks import report
 CATEGORIES = ("convolution", "attention + matmul", "other ops")
 _TORCH_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
 _TF_CONTAINERS = re.compile(r"PartitionedCall|While|If|Case|_Send|_Recv")
+_TF_OP_TYPE = re.compile(r"_?[A-Z][A-Za-z0-9]*")  # "scope/name:OpType" events name an op
 
 
 def classify_torch(name):
@@ -115,7 +116,7 @@ def _tensorflow_profile(fn):
             for event in line.events:
                 name = names.get(event.metadata_id, "")
                 op_type = name.rsplit(":", 1)[-1]
-                if ":" not in name or name.startswith("ExecutorState") or not op_type[:1].isalpha() and op_type[:1] != "_":
+                if ":" not in name or name.startswith("ExecutorState") or not _TF_OP_TYPE.fullmatch(op_type):
                     continue
                 category = classify_tensorflow(op_type)
                 if category:
