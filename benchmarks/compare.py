@@ -316,7 +316,7 @@ def run_keras(cfg, workdir, parity_only=False):
     if not os.path.exists(init_path):
         initial = pytorch_default_weights(network, cfg.seed) if cfg.init == "pytorch" else network.get_weights()
         rng = np.random.default_rng(cfg.seed + 1)
-        # The head conv starts at zero; random values make the outputs informative.
+        # With Keras' initialisers the head conv starts at zero; random values keep the outputs informative.
         parity = [
             rng.normal(0.0, 0.05, w.shape).astype(w.dtype) if v.path.startswith("out_conv") else w
             for v, w in zip(network.weights, initial)
