@@ -1,11 +1,15 @@
 """Captioned training folders, batches with flips and prior examples, caching."""
 
+import functools
+import itertools
 import json
 
+import keras_hub
 import numpy as np
 import pytest
 from PIL import Image
 
+from keras_diffusion import sd3
 from keras_diffusion.sd3 import data
 from tests.sd3_fixtures import tiny_setup, torch_single_thread  # noqa: F401
 
@@ -106,6 +110,39 @@ def test_cached_examples_match_the_encoders_and_cache_flips():
     assert set(batch) == {"latents", "context", "pooled_projection", "prior"}
     with pytest.raises(ValueError, match="load them with image_size"):
         data.cache_examples(model, data.CaptionedImages(images[:, :16, :16].copy(), ["a"] * 3, ["1"] * 3))
+
+
+def copies_of_one_image(count):
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    return data.CaptionedImages(np.repeat(image, count, axis=0), ["a cat"] * count, ["1"] * count)
+
+
+@functools.cache
+def sampling_tiny_model():
+    """The tiny model with a VAE that samples its latents, as SD3's presets do."""
+    tiny = tiny_setup().model
+    config = tiny.backbone.get_config()
+    config["vae"]["config"]["sampler_method"] = "sample"
+    backbone = keras_hub.models.StableDiffusion3Backbone.from_config(config)
+    backbone.set_weights(tiny.backbone.get_weights())
+    return sd3.StableDiffusion3(backbone, tiny.preprocessor)
+
+
+def test_sampled_latents_are_fresh_per_image_batch_and_call_and_follow_the_seed():
+    model = sampling_tiny_model()
+    copies = copies_of_one_image(9)
+
+    def latents(seed):
+        return data.cache_examples(model, copies, random_flip=False, seed=seed)["latents"]
+
+    first = latents(3)  # two encoder calls (of 8 images each, padded)
+    for i, j in itertools.combinations(range(9), 2):
+        assert not np.allclose(first[i], first[j]), f"images {i} and {j} got the same noise"
+    np.testing.assert_array_equal(latents(3), first)
+    assert not np.allclose(latents(4), first)
+    assert not np.allclose(latents(None), latents(None))
+    with pytest.raises(ValueError, match="`seed` must be an int"):
+        data.cache_examples(model, copies, seed="3")
 
 
 def test_pokemon_blip_unreachable_says_what_to_do(tmp_path):

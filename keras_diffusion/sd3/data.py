@@ -356,8 +356,12 @@ def raw_examples(model, data):
     return {"images": data.images, "token_ids": tokenize(model, data.captions)}
 
 
-def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=True):
+def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=True, seed=None):
     """Encodes images and captions once, so that epochs only run the MMDiT.
+
+    A VAE that samples its latents (`sampler_method="sample"`, as SD3's
+    presets do) draws fresh noise for every image, batch and call. `seed`
+    restarts that noise, so the same seed caches the same latents.
 
     Args:
         model: a `keras_diffusion.sd3.StableDiffusion3`.
@@ -366,6 +370,8 @@ def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=Tr
         random_flip: also cache the latents of the flipped images.
         cache_text: cache the text embeddings too. `False` keeps the token
             ids instead (textual inversion trains the text encoders' input).
+        seed: int to restart the VAE's sampling noise from, or `None` to
+            continue it.
 
     Returns:
         dict with float32 `"latents"` (`(N, h, w, c)`, scaled and shifted like
@@ -374,9 +380,12 @@ def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=Tr
         for `TrainingBatches`.
 
     Example:
-    >>> examples = cache_examples(model, data)  # doctest: +SKIP
+    >>> examples = cache_examples(model, data, seed=0)  # doctest: +SKIP
+    >>> again = cache_examples(model, data, seed=0)  # the same latents  # doctest: +SKIP
     """
     _check_size(model, data)
+    if seed is not None:
+        _seed_vae_sampler(model.backbone, seed)
     token_ids = tokenize(model, data.captions)
     encode = _example_encoder(model.backbone)
     parts = {"latents": [], "context": [], "pooled_projection": []}
@@ -424,6 +433,14 @@ def _example_encoder(backbone):
 
         _ENCODERS[backbone] = (key, CompiledLoop(encode, backbone))
     return _ENCODERS[backbone][1]
+
+
+def _seed_vae_sampler(backbone, seed):
+    """Restarts the noise of the VAE's latent sampler at `seed`."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int or None, got {seed!r}.")
+    state = backbone.vae.distribution_sampler.seed_generator.state
+    state.assign(keras.random.SeedGenerator(seed).state.value)
 
 
 def _pad(array, size):

@@ -47,17 +47,28 @@ def class_images(
     already there are reused and only the missing ones are generated and
     saved (as `class_0000.png`, ...), as diffusers' DreamBooth script does.
 
+    Each generation call seeds with `seed` plus the index of its first
+    image, so a top-up never repeats the seeds of the images it keeps. A
+    folder topped up from a multiple of `batch_size` images (what an
+    interrupted run leaves) then holds the images one uninterrupted call
+    with the same settings would have made.
+
     Args:
         model: a `keras_diffusion.sd3.StableDiffusion3`, not yet fine-tuned.
         class_prompt: e.g. `"a photo of a dog"`.
         num_images: how many class images to return.
         folder: optional folder to reuse and save images in.
         num_steps, guidance_scale: generation settings.
-        seed: int; batch `i` uses `seed + i`.
+        seed: int; the batch starting at image `i` uses `seed + i`.
         batch_size: images per generation call.
 
     Returns:
         A `data.CaptionedImages` captioned with `class_prompt`.
+
+    Example:
+    >>> prior = class_images(model, "a photo of a dog", 4, folder="dogs/")  # doctest: +SKIP
+    >>> prior = class_images(model, "a photo of a dog", 8, folder="dogs/")  # doctest: +SKIP
+    >>> # dogs/ now holds what one call for 8 images would have made.
     """
     if not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
@@ -70,7 +81,6 @@ def class_images(
         for name in names[:num_images]:
             files.append(os.path.join(folder, name))
             images.append(data_lib.load_image(files[-1], model.image_size))
-    batch = 0
     while len(images) < num_images:
         # Full batches only: one compiled generation program.
         new = text_to_image(
@@ -78,21 +88,26 @@ def class_images(
             [class_prompt] * batch_size,
             num_steps=num_steps,
             guidance_scale=guidance_scale,
-            seed=seed + batch,
+            seed=seed + len(images),
         )[: num_images - len(images)]
-        batch += 1
         for image in new:
             name = f"class_{len(images):04d}.png"
             if folder is not None:
-                path = os.path.join(folder, name)
-                while os.path.exists(path):
-                    name = f"class_{len(images):04d}_{batch}.png"
-                    path = os.path.join(folder, name)
-                save_images(path, image[None])
-                name = path
+                name = _free_path(folder, len(images))
+                save_images(name, image[None])
             images.append(image)
             files.append(name)
     return data_lib.CaptionedImages(np.stack(images), [class_prompt] * num_images, files)
+
+
+def _free_path(folder, index):
+    """`folder/class_{index}.png`, or with a suffix if a file has that name."""
+    path = os.path.join(folder, f"class_{index:04d}.png")
+    suffix = 0
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(folder, f"class_{index:04d}_{suffix}.png")
+    return path
 
 
 def dreambooth_batches(
@@ -118,7 +133,9 @@ def dreambooth_batches(
         batch_size: instance examples per batch (plus as many class ones).
         cache: encode images and prompts once (`data.cache_examples`).
         random_flip: random horizontal flips.
-        seed: int seed for shuffling and flips.
+        seed: int seed for shuffling and flips, and with `cache` for the
+            VAE's sampling noise (the instance images start the stream at
+            `seed`, the class images continue it).
 
     Returns:
         A `data.TrainingBatches`.
@@ -129,15 +146,20 @@ def dreambooth_batches(
         instance.images, [instance_prompt] * len(instance), instance.files
     )
 
-    def examples(captioned):
+    def examples(captioned, noise_seed):
         if cache:
-            return data_lib.cache_examples(model, captioned, random_flip=random_flip)
+            return data_lib.cache_examples(
+                model, captioned, random_flip=random_flip, seed=noise_seed
+            )
         return data_lib.raw_examples(model, captioned)
 
+    instance_examples = examples(instance, seed)
+    # None: the class images continue the noise stream the instance images began.
+    prior_examples = None if prior is None else examples(prior, None)
     return data_lib.TrainingBatches(
-        examples(instance),
+        instance_examples,
         batch_size,
-        prior=None if prior is None else examples(prior),
+        prior=prior_examples,
         random_flip=random_flip,
         seed=seed,
     )
