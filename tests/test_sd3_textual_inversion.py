@@ -89,3 +89,5 @@ def test_bad_placeholders_and_initializers():
         layer = getattr(model.backbone, name).embedding.token_embedding
         assert not isinstance(layer, PlaceholderEmbedding) and layer.trainable
     assert "<toy>" not in model.preprocessor.clip_l_preprocessor.tokenizer.vocabulary
+    # The README's `--placeholder "<my-toy>" --initializer toy`: one token on tiny.
+    assert add_placeholder_token(model, "<my-toy>", "toy").initializer_token == "toy"

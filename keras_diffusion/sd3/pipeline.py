@@ -35,7 +35,9 @@ KERAS_HUB_PRESETS = (
     "stable_diffusion_3.5_large_turbo",
 )
 TINY = "tiny"
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "keras_diffusion", "sd3_tiny")
+# Versioned: a new tiny model (v2: "toy" became one token) gets a new folder
+# instead of silently reusing a cached older one.
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "keras_diffusion", "sd3_tiny_v2")
 
 # The VAE downsamples images by 8 in each direction.
 _VAE_FACTOR = 8
@@ -242,8 +244,8 @@ def build_tiny(image_size=32, *, seed=0, include_t5=False):
     MMDiT, a VAE, the flow-matching scheduler) at toy widths: about 0.6M
     parameters. Its CLIP tokenizers use a toy BPE vocabulary: single letters
     and digits, so every lowercase prompt tokenizes, plus a few merges
-    ("air", "plane"). Its images are noise-like; it exists so that tests and
-    offline demos run the full pipeline.
+    ("air", "plane", "toy"). Its images are noise-like; it exists so that
+    tests and offline demos run the full pipeline.
 
     Weights are drawn after `keras.utils.set_random_seed(seed)`, so this sets
     Keras' global seed. The draws differ between backends: save the model
@@ -518,14 +520,16 @@ def _unavailable(preset, error):
 def _toy_clip_vocabulary():
     """A toy CLIP BPE vocabulary that tokenizes any lowercase prompt.
 
-    KerasHub's BPE tokenizer rejects a merge whose pieces are not themselves
-    in the vocabulary, so every intermediate piece is listed. The end token
-    gets the largest id: CLIP pools the hidden state at the argmax token id.
+    Single letters and digits, plus merges for "air", "plane" and "toy" (one
+    token, so the README's `--initializer toy` works on `tiny`). KerasHub's
+    BPE tokenizer rejects a merge whose pieces are not themselves in the
+    vocabulary, so every intermediate piece is listed. The end token gets
+    the largest id: CLIP pools the hidden state at the argmax token id.
     """
     symbols = list(string.ascii_lowercase + string.digits)
-    merges = ["a i", "ai r", "p l", "pl a", "n e</w>", "pla ne</w>"]
+    merges = ["a i", "ai r", "p l", "pl a", "n e</w>", "pla ne</w>", "t o", "to y</w>"]
     pieces = symbols + [s + "</w>" for s in symbols]
-    pieces += ["ai", "air", "pl", "pla", "ne</w>", "plane</w>"]
+    pieces += ["ai", "air", "pl", "pla", "ne</w>", "plane</w>", "to", "toy</w>"]
     pieces += ["<|startoftext|>", "<|endoftext|>"]
     return {piece: index for index, piece in enumerate(pieces)}, merges
 
