@@ -64,11 +64,18 @@ def main(argv=None):
     from keras_diffusion.sd3.finetune import FlowMatchingTrainer, count_params
 
     dtype = None if args.mixed_precision == "no" else f"mixed_{args.mixed_precision}"
-    model = sd3.from_preset(args.preset, image_size=args.resolution, dtype=dtype)
-    if args.data == "pokemon":
-        dataset = data.load_pokemon_blip(model.image_size, max_images=args.max_images)
-    else:
-        dataset = data.load_captioned_folder(args.data, model.image_size, max_images=args.max_images)
+    # The library's errors say what went wrong and what to do (no network:
+    # use --preset tiny and a local --data folder); print just that, as
+    # `python -m keras_diffusion` does. OSError covers
+    # sd3.PresetUnavailableError and the Pokemon download's ConnectionError.
+    try:
+        model = sd3.from_preset(args.preset, image_size=args.resolution, dtype=dtype)
+        if args.data == "pokemon":
+            dataset = data.load_pokemon_blip(model.image_size, max_images=args.max_images)
+        else:
+            dataset = data.load_captioned_folder(args.data, model.image_size, max_images=args.max_images)
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
     print(f"{len(dataset)} image-caption pairs at {model.image_size[0]}x{model.image_size[1]}")
     os.makedirs(args.out, exist_ok=True)
 
