@@ -80,7 +80,11 @@ def add_parser(subparsers, add_model_arguments):
     parser.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank")
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    parser.add_argument("--lora-mlp", action="store_true", help="LoRA on the MLP layers too")
+    parser.add_argument("--lora-mlp", action="store_true", help="LoRA on the blocks' MLP layers too")
+    parser.add_argument(
+        "--lora-layout", choices=("fused", "diffusers"), default="fused",
+        help="fused: one adapter per qkv projection; diffusers: separate q, k, v adapters",
+    )
     parser.add_argument("--instance-prompt", default=None, help="DreamBooth: e.g. 'a photo of sks dog'")
     parser.add_argument("--class-prompt", default=None, help="DreamBooth: e.g. 'a photo of a dog'")
     parser.add_argument("--num-class-images", type=int, default=100, help="DreamBooth class images")
@@ -202,7 +206,9 @@ def _finetune(args, model, dataset):
             seed=seed,
         )
     if use_lora:
-        lora.enable_lora(model, args.rank, args.alpha, include_mlp=args.lora_mlp, seed=seed)
+        lora.enable_lora(
+            model, args.rank, args.alpha, layout=args.lora_layout, include_mlp=args.lora_mlp, seed=seed
+        )
     flip = not args.no_flip
     if args.method == "dreambooth":
         batches = dreambooth.dreambooth_batches(
