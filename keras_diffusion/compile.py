@@ -3,10 +3,13 @@
 Sampling code is written once with `keras.ops`; `compile_loop` turns it
 into one compiled program per input signature:
 
-- JAX: `jax.jit` over a stateless function; the model's variables are
+- JAX: `jax.jit` over a stateless function; the owner's variables are
   passed in as arguments through a `keras.StatelessScope`, so weights
   changed by training are always the ones used (KerasHub's
-  `TextToImage.make_generate_function` does the same).
+  `TextToImage.make_generate_function` does the same). Non-trainable
+  variables that the function assigns, such as a `SeedGenerator`'s state,
+  are written back after each call, as TensorFlow and torch do, so a
+  second call draws fresh noise.
 - TensorFlow: `tf.function`, with XLA unless `jit_compile=False`.
   Diffusion models pass their `jit_compile`, which Keras resolves from
   "auto" to no XLA on a CPU-only machine: TensorFlow's graph runs oneDNN
@@ -61,18 +64,36 @@ class CompiledLoop:
     def _build_jax(self):
         import jax
 
+        # Which non-trainable variables `fn` assigns (SeedGenerator states,
+        # say) is found while tracing; only those are returned and written
+        # back, so frozen weights are not copied on every call.
+        assigned = []
+
         def stateless(trainable, non_trainable, *args):
+            owned = self._owner.non_trainable_variables
             mapping = list(zip(self._owner.trainable_variables, trainable))
-            mapping += list(zip(self._owner.non_trainable_variables, non_trainable))
-            with keras.StatelessScope(state_mapping=mapping):
-                return self._traced(*args)
+            mapping += list(zip(owned, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                initial = dict(scope.state_mapping)
+                outputs = self._traced(*args)
+            updates = {}
+            for index, variable in enumerate(owned):
+                current = scope.state_mapping[id(variable)]
+                if current is not initial[id(variable)]:
+                    updates[index] = current
+            assigned[:] = sorted(updates)
+            return outputs, [updates[index] for index in assigned]
 
         jitted = jax.jit(stateless)
 
         def run(*args):
             trainable = [v.value for v in self._owner.trainable_variables]
             non_trainable = [v.value for v in self._owner.non_trainable_variables]
-            return jitted(trainable, non_trainable, *args)
+            outputs, updates = jitted(trainable, non_trainable, *args)
+            owned = self._owner.non_trainable_variables
+            for index, value in zip(assigned, updates):
+                owned[index].assign(value)
+            return outputs
 
         return run
 

@@ -182,3 +182,66 @@ def test_cli_module_does_not_import_keras_hub():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def _generate(model, prompts=PROMPTS):
+    return sd3.text_to_image(model, prompts, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED)
+
+
+def _render(model):
+    """Two walk frames through the model's shared renderer."""
+    embeddings = sd3.encode_prompts(model, PROMPTS, NEGATIVE_PROMPTS)
+    latents = keras.random.normal((2, *model.latent_shape), seed=SEED)
+    frames = sd3.render(model, embeddings, latents, num_steps=NUM_STEPS, batch_size=2, progress=False)
+    return frames.astype(int)
+
+
+def test_generation_uses_lora_adapters_added_after_a_first_call(setup, tmp_path):
+    from keras_diffusion.sd3 import lora
+
+    model = sd3.from_preset(setup.preset_dir)
+    before, frames_before = _generate(model), _render(model)  # programs compiled without LoRA
+    lora.enable_lora(model, rank=2, seed=0)
+    rng = np.random.default_rng(0)
+    for layer in lora.lora_layers(model):
+        layer.lora_kernel_b.assign(rng.normal(0, 0.5, layer.lora_kernel_b.shape).astype("float32"))
+    after, frames_after = _generate(model), _render(model)
+    assert np.abs(after.astype(int) - before).max() > 0
+    assert np.abs(frames_after - frames_before).max() > 0
+
+    fresh = sd3.from_preset(setup.preset_dir)
+    lora.load_lora(fresh, lora.save_lora(model, tmp_path / "a.lora.npz"))
+    np.testing.assert_array_equal(_generate(fresh), after)
+    np.testing.assert_array_equal(_render(fresh), frames_after)
+
+    lora.merge_lora(model)  # same function, new kernels: still no stale program
+    assert np.abs(_generate(model).astype(int) - after).max() <= 1
+
+
+def test_generation_reads_textual_inversion_rows_as_they_are_now(setup, tmp_path):
+    from keras_diffusion.sd3 import textual_inversion
+
+    model = sd3.from_preset(setup.preset_dir)
+    inversion = textual_inversion.add_placeholder_token(model, "<sq>", "a")
+    prompts = ["a <sq>", "<sq> airplane"]
+    first = _generate(model, prompts)
+    rng = np.random.default_rng(1)
+    for layer in inversion.layers:  # what training does to the rows
+        layer.rows.assign(rng.normal(0, 1, layer.rows.shape).astype("float32"))
+    second = _generate(model, prompts)
+    assert np.abs(second.astype(int) - first).max() > 0
+
+    path = textual_inversion.save_textual_inversion(inversion, tmp_path / "sq.npz")
+    fresh = sd3.from_preset(setup.preset_dir)
+    textual_inversion.load_textual_inversion(fresh, path)
+    np.testing.assert_array_equal(_generate(fresh, prompts), second)
+
+
+def test_compiled_programs_are_kept_until_the_model_changes(setup):
+    model = sd3.from_preset(setup.preset_dir)
+    _generate(model)
+    program = model.compiled(("generate", "text_to_image", NUM_STEPS), None)
+    _generate(model)
+    assert model.compiled(("generate", "text_to_image", NUM_STEPS), None) is program
+    model.backbone.diffuser.trainable = False  # trainable flags change what JAX passes
+    assert model.compiled(("generate", "text_to_image", NUM_STEPS), lambda: "rebuilt") == "rebuilt"

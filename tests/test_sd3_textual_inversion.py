@@ -28,7 +28,7 @@ def test_placeholder_tokenizes_whole_and_keeps_the_end_token_last():
     vocabulary_size = model.backbone.clip_l.vocabulary_size
     for name in ("clip_l", "clip_g"):
         ids = after[name][0]
-        assert inversion.token_ids[name] == vocabulary_size - 1
+        assert inversion.token_ids[name] == [vocabulary_size - 1]
         assert list(ids).count(vocabulary_size - 1) == 1  # one token, not pieces
         assert ids.argmax() == list(ids).index(vocabulary_size)  # the end token, pooled
         same = before[name][0] < vocabulary_size - 1
@@ -41,8 +41,31 @@ def test_placeholder_tokenizes_whole_and_keeps_the_end_token_last():
     np.testing.assert_array_equal(table[:-2], base[:-1])
     np.testing.assert_array_equal(table[-2], base[a_id])
     np.testing.assert_array_equal(table[-1], base[-1])
-    with pytest.raises(ValueError, match="already has a textual-inversion token"):
+    with pytest.raises(ValueError, match="already has textual-inversion tokens"):
         add_placeholder_token(model, "<other>", "a")
+
+
+def test_several_placeholders_learn_their_own_rows_and_reload(tmp_path):
+    model = sd3.from_preset(tiny_setup().preset_dir)
+    inversion = add_placeholder_token(model, ["<r>", "<b>"], ["a", "p"])
+    vocabulary_size = model.backbone.clip_l.vocabulary_size
+    assert inversion.token_ids["clip_l"] == [vocabulary_size - 1, vocabulary_size]
+    ids = data.tokenize(model, ["a <b> <r>"])["clip_l"][0]
+    assert list(ids[:5]) == [ids[0], ids[1], vocabulary_size, vocabulary_size - 1, vocabulary_size + 1]
+    table = ops.convert_to_numpy(inversion.layers[0].table())
+    base = ops.convert_to_numpy(inversion.layers[0].base.embeddings)
+    letter = data.tokenize(model, ["a p"])["clip_l"][0]
+    np.testing.assert_array_equal(table[-3:-1], base[letter[1:3]])
+    with pytest.raises(ValueError, match="placeholders"):
+        inversion.placeholder
+    for layer, rows in zip(inversion.layers, ([[1.0] * 32, [2.0] * 32], [[3.0] * 32, [4.0] * 32])):
+        layer.rows.assign(np.array(rows, "float32"))
+    path = save_textual_inversion(inversion, tmp_path / "two.npz")
+    loaded = load_textual_inversion(sd3.from_preset(tiny_setup().preset_dir), path)
+    assert loaded.placeholders == ["<r>", "<b>"] and loaded.initializer_tokens == ["a", "p"]
+    np.testing.assert_array_equal(loaded.rows()["clip_g"], [[3.0] * 32, [4.0] * 32])
+    with pytest.raises(ValueError, match="one per placeholder"):
+        add_placeholder_token(sd3.from_preset(tiny_setup().preset_dir), ["<x>", "<y>"], ["a"])
 
 
 def test_only_the_new_rows_train_and_the_token_reloads(tmp_path):

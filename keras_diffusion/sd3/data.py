@@ -22,7 +22,6 @@ import json
 import math
 import os
 import tarfile
-import weakref
 
 import keras
 import numpy as np
@@ -387,7 +386,7 @@ def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=Tr
     if seed is not None:
         _seed_vae_sampler(model.backbone, seed)
     token_ids = tokenize(model, data.captions)
-    encode = _example_encoder(model.backbone)
+    encode = _example_encoder(model)
     parts = {"latents": [], "context": [], "pooled_projection": []}
     if random_flip:
         parts["flipped_latents"] = []
@@ -410,29 +409,25 @@ def cache_examples(model, data, *, batch_size=8, random_flip=True, cache_text=Tr
     return examples
 
 
-_ENCODERS = weakref.WeakKeyDictionary()
+def _example_encoder(model):
+    """The frozen encoders as one compiled function, kept by the model.
 
-
-def _example_encoder(backbone):
-    """The frozen encoders as one compiled function, kept per backbone.
-
-    Rebuilt when a token embedding was swapped (textual inversion): a
-    compiled trace holds the old table.
+    `model.compiled` rebuilds it when the model changes (a textual-inversion
+    token swaps the embedding table a trace would hold).
     """
-    key = (id(backbone.clip_l.embedding.token_embedding), id(backbone.clip_g.embedding.token_embedding))
-    if _ENCODERS.get(backbone, (None,))[0] != key:
-        from keras_diffusion.compile import CompiledLoop
-        from keras_diffusion.sd3.finetune import encode_text
+    from keras_diffusion.compile import CompiledLoop
+    from keras_diffusion.sd3.finetune import encode_text
 
-        def encode(images, token_ids):
-            images = keras.ops.cast(images, backbone.compute_dtype)
-            latents = backbone.encode_image_step(images)
-            flipped = backbone.encode_image_step(keras.ops.flip(images, axis=2))
-            context, pooled = encode_text(backbone, token_ids)
-            return latents, flipped, context, pooled
+    backbone = model.backbone
 
-        _ENCODERS[backbone] = (key, CompiledLoop(encode, backbone))
-    return _ENCODERS[backbone][1]
+    def encode(images, token_ids):
+        images = keras.ops.cast(images, backbone.compute_dtype)
+        latents = backbone.encode_image_step(images)
+        flipped = backbone.encode_image_step(keras.ops.flip(images, axis=2))
+        context, pooled = encode_text(backbone, token_ids)
+        return latents, flipped, context, pooled
+
+    return model.compiled("example_encoder", lambda: CompiledLoop(encode, model))
 
 
 def _seed_vae_sampler(backbone, seed):

@@ -18,7 +18,6 @@ Presets, resolved in this order by `from_preset`:
 - A `kaggle://`, `hf://` or other handle KerasHub understands.
 """
 
-import functools
 import io
 import json
 import os
@@ -81,13 +80,8 @@ class StableDiffusion3:
     def __init__(self, backbone, preprocessor):
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self._tasks = {}
-        # KerasHub's tasks compile `generate` once, with the scheduler's
-        # sigmas for the first `num_steps` baked in as constants. Calling
-        # `generate` again with another `num_steps` then reuses stale sigmas
-        # (JAX returns wrong images, TensorFlow raises an index error), so we keep
-        # one compiled function per (task, num_steps).
-        self._generate_functions = {}
+        self._compiled = {}
+        self._compiled_signature = None
 
     @property
     def image_size(self):
@@ -96,6 +90,57 @@ class StableDiffusion3:
     @property
     def latent_shape(self):
         return tuple(self.backbone.latent_shape[1:])
+
+    @property
+    def variables(self):
+        """Every variable generation reads: the backbone's (seed states
+        included, such as a sampling VAE's), plus rows that textual
+        inversion splices into the text encoders untracked."""
+        variables = list(self.backbone.variables)
+        known = {id(v) for v in variables}
+        for name in _TEXT_ENCODERS:
+            token_embedding = getattr(self.backbone, name).embedding.token_embedding
+            variables += [v for v in token_embedding.weights if id(v) not in known]
+        return variables
+
+    @property
+    def trainable_variables(self):
+        return [v for v in self.variables if v.trainable]
+
+    @property
+    def non_trainable_variables(self):
+        return [v for v in self.variables if not v.trainable]
+
+    def compiled(self, key, build):
+        """The object `build()` made for `key`, rebuilt when the model changed.
+
+        Compiled programs (KerasHub's tasks and their `generate`, the walks'
+        renderer, the data encoders) trace the model as it was: a graph
+        traced before `enable_lora` or a textual-inversion token has no
+        adapter path and no new rows. So everything built here is dropped
+        whenever the set of variables (or their trainable flags) or the
+        preprocessor changes. Values that training changes need no rebuild:
+        every backend reads them at run time (JAX gets them as arguments
+        through `keras_diffusion.compile.CompiledLoop`, whose owner is this
+        model, untracked rows included).
+
+        Args:
+            key: any hashable name for the object.
+            build: a function of no arguments that makes it.
+
+        Returns:
+            The cached or freshly built object.
+        """
+        signature = (
+            id(self.preprocessor),
+            tuple((id(v), v.trainable) for v in self.variables),
+        )
+        if signature != self._compiled_signature:
+            self._compiled = {}
+            self._compiled_signature = signature
+        if key not in self._compiled:
+            self._compiled[key] = build()
+        return self._compiled[key]
 
     def task(self, kind):
         """Returns the KerasHub task of `kind`, sharing this model's weights.
@@ -113,19 +158,27 @@ class StableDiffusion3:
             raise ValueError(
                 f"Unknown task {kind!r}; expected one of {sorted(self._TASK_CLASSES)}."
             )
-        if kind not in self._tasks:
+
+        def build():
             import keras_hub
 
             task_class = getattr(keras_hub.models, self._TASK_CLASSES[kind])
-            self._tasks[kind] = task_class(self.backbone, self.preprocessor)
-        return self._tasks[kind]
+            return task_class(self.backbone, self.preprocessor)
+
+        return self.compiled(("task", kind), build)
 
     def run_task(self, kind, inputs, num_steps, **kwargs):
-        """Calls KerasHub's `generate` of task `kind`, unchanged.
+        """Calls KerasHub's `generate` of task `kind`, with a managed program.
 
-        Only the compiled function is managed here: each `num_steps` gets its
-        own (see the class comment in `__init__`), so any sequence of calls
-        returns what a fresh KerasHub task would.
+        KerasHub compiles `generate` once, with the scheduler's sigmas for
+        the first `num_steps` baked in (another `num_steps` then reuses stale
+        sigmas: JAX returns wrong images, TensorFlow raises an index error).
+        Here each `num_steps` gets its own program: KerasHub's own
+        `generate_step`, compiled as KerasHub does it (`jax.jit` in a
+        `StatelessScope`, `tf.function`, torch's `no_grad`) by
+        `keras_diffusion.compile.CompiledLoop`, and rebuilt when the model
+        changes (see `compiled`). So any sequence of calls returns what a
+        fresh KerasHub task on the current weights would.
 
         Args:
             kind: `"text_to_image"`, `"image_to_image"` or `"inpaint"`.
@@ -137,34 +190,21 @@ class StableDiffusion3:
         Returns:
             KerasHub's output: uint8 images.
         """
+        from keras_diffusion.compile import CompiledLoop
+
         task = self.task(kind)
-        functions = self._generate_functions.setdefault(kind, {})
-        task.generate_function = functions.get(num_steps)
-        images = task.generate(inputs, num_steps=num_steps, **kwargs)
-        functions[num_steps] = task.generate_function
-        return images
+        task.generate_function = self.compiled(
+            ("generate", kind, num_steps),
+            lambda: CompiledLoop(task.generate_step, self, jit_compile=task.jit_compile),
+        )
+        return task.generate(inputs, num_steps=num_steps, **kwargs)
 
-    def replace_preprocessor(self, preprocessor):
-        """Uses a new preprocessor (e.g. tokenizers with an added token).
-
-        The tasks and compiled functions built so far are dropped: they hold
-        the old preprocessor and a trace of the old text encoders.
-
-        Args:
-            preprocessor: a
-                `keras_hub.models.StableDiffusion3TextToImagePreprocessor`.
-        """
-        self.preprocessor = preprocessor
-        self._tasks = {}
-        self._generate_functions = {}
-        self.__dict__.pop("frame_renderer", None)
-
-    @functools.cached_property
+    @property
     def frame_renderer(self):
         """The compiled denoise-and-decode loop the walks share."""
         from keras_diffusion.sd3.walks import FrameRenderer
 
-        return FrameRenderer(self.backbone)
+        return self.compiled("frame_renderer", lambda: FrameRenderer(self))
 
     def save_to_preset(self, preset_dir):
         """Saves the backbone and preprocessor as a KerasHub preset folder.

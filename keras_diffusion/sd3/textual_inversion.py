@@ -1,18 +1,19 @@
-"""Textual inversion for SD3: a new word whose CLIP embeddings are learned.
+"""Textual inversion for SD3: new words whose CLIP embeddings are learned.
 
 `add_placeholder_token(model, "<my-toy>", "toy")` adds the placeholder to
 both CLIP tokenizers' vocabularies as an unsplittable token, and gives each
 CLIP encoder a `PlaceholderEmbedding`: the encoder's frozen token table with
 one trainable row per placeholder spliced in, initialised from the
-initializer token's row. Only those rows train (`FlowMatchingTrainer(...,
+initializer token's row. Several placeholders (one concept each) can be
+added at once and learn together. Only those rows train (`FlowMatchingTrainer(...,
 train_diffuser=False, trainable_layers=inversion.layers)`); every other row
 and every other weight stays bit-identical, because they are not trainable
 variables at all.
 
 KerasHub's CLIP pools the hidden state at the largest token id, which must
-stay the end token. So the placeholder takes the end token's old id and the
-end token moves one up (`id V`); the spliced table is
-`[rows 0..V-2, placeholder row, end-token row]`. This needs the end token to
+stay the end token. So the n placeholders take ids from the end token's old
+id `V - 1` on and the end token moves n up (`id V - 1 + n`); the spliced
+table is `[rows 0..V-2, n placeholder rows, end-token row]`. This needs the end token to
 be the last entry of the vocabulary, as in CLIP's.
 
 `save_textual_inversion` writes the learned rows (a few KB); on a freshly
@@ -102,61 +103,95 @@ class PlaceholderEmbedding(keras.layers.Layer):
 
 
 class TextualInversion:
-    """The placeholder added to a model: its token, ids and embedding layers.
+    """The placeholders added to a model: their tokens, ids and embedding layers.
 
     Attributes:
-        placeholder: the token string.
-        token_ids: `{"clip_l": id, "clip_g": id}`.
+        placeholders: the token strings, in row order.
+        initializer_tokens: the words their rows started from (or `None`s).
+        token_ids: `{"clip_l": [ids], "clip_g": [ids]}`, one per placeholder.
         layers: the two `PlaceholderEmbedding` layers, to pass as the
             trainer's `trainable_layers`.
     """
 
-    def __init__(self, placeholder, initializer_token, token_ids, layers):
-        self.placeholder = placeholder
-        self.initializer_token = initializer_token
+    def __init__(self, placeholders, initializer_tokens, token_ids, layers):
+        self.placeholders = list(placeholders)
+        self.initializer_tokens = list(initializer_tokens)
         self.token_ids = token_ids
         self.layers = layers
 
+    @property
+    def placeholder(self):
+        """The placeholder, when there is one (`placeholders` lists several)."""
+        if len(self.placeholders) != 1:
+            raise ValueError(
+                f"This model has {len(self.placeholders)} placeholders; read `placeholders`."
+            )
+        return self.placeholders[0]
+
+    @property
+    def initializer_token(self):
+        """The initializer of the one placeholder (see `placeholder`)."""
+        return self.initializer_tokens[self.placeholders.index(self.placeholder)]
+
     def rows(self):
-        """`{"clip_l": (1, dim), "clip_g": (1, dim)}` numpy rows as learned so far."""
+        """`{"clip_l": (n, dim), "clip_g": (n, dim)}` numpy rows as learned so far."""
         return {name: ops.convert_to_numpy(layer.rows) for name, layer in zip(_ENCODERS, self.layers)}
 
 
 def add_placeholder_token(model, placeholder, initializer_token=None, *, initial_rows=None):
-    """Adds a trainable placeholder token to both CLIP encoders of `model`.
+    """Adds trainable placeholder tokens to both CLIP encoders of `model`.
 
     The model's preprocessor is replaced by one whose tokenizers know the
-    placeholder, and its compiled generation functions are dropped, so
+    placeholders, and the model rebuilds its compiled programs, so
     `text_to_image(model, "a photo of <toy>")` uses the new rows.
 
     Args:
         model: a `keras_diffusion.sd3.StableDiffusion3`.
         placeholder: the new token, e.g. `"<cat-toy>"`: lowercase, no
-            spaces, not already in the vocabulary.
+            spaces, not already in the vocabulary; or a list of such tokens,
+            one concept each (their rows train together).
         initializer_token: a word that each CLIP tokenizer turns into one
-            token; its embedding rows are the starting point.
+            token; its embedding rows are the starting point. With several
+            placeholders, a word for all or a list with one per placeholder.
         initial_rows: instead of `initializer_token`, the rows themselves:
-            `{"clip_l": (1, dim_l), "clip_g": (1, dim_g)}` (as loaded).
+            `{"clip_l": (n, dim_l), "clip_g": (n, dim_g)}` (as loaded).
 
     Returns:
         A `TextualInversion`.
 
     Raises:
         ValueError: a bad placeholder or initializer token, or a model that
-            already has a placeholder.
+            already has placeholders.
 
     Example:
     >>> inversion = add_placeholder_token(model, "<cat-toy>", "toy")  # doctest: +SKIP
     >>> trainer = FlowMatchingTrainer(model.backbone, train_diffuser=False,
     ...                               trainable_layers=inversion.layers)  # doctest: +SKIP
     """
-    if not isinstance(placeholder, str) or not placeholder or placeholder != placeholder.strip().lower() or " " in placeholder:
-        raise ValueError(
-            f"The placeholder must be one lowercase word without spaces, such as "
-            f"'<cat-toy>'; got {placeholder!r}."
-        )
+    placeholders = [placeholder] if isinstance(placeholder, str) else list(placeholder)
+    for token in placeholders:
+        if not isinstance(token, str) or not token or token != token.strip().lower() or " " in token:
+            raise ValueError(
+                f"A placeholder must be one lowercase word without spaces, such as "
+                f"'<cat-toy>'; got {token!r}."
+            )
+    if not placeholders or len(set(placeholders)) != len(placeholders):
+        raise ValueError(f"The placeholders must be distinct and at least one; got {placeholders}.")
     if (initializer_token is None) == (initial_rows is None):
         raise ValueError("Pass exactly one of `initializer_token` and `initial_rows`.")
+    initializers = [None] * len(placeholders)
+    if initializer_token is not None:
+        initializers = (
+            [initializer_token] * len(placeholders)
+            if isinstance(initializer_token, str)
+            else list(initializer_token)
+        )
+        if len(initializers) != len(placeholders):
+            raise ValueError(
+                f"Got {len(initializers)} initializer tokens for {len(placeholders)} "
+                "placeholders; pass one word, or one per placeholder."
+            )
+    count = len(placeholders)
     preprocessor = model.preprocessor
     backbone = model.backbone
     new_preprocessors, layers, token_ids = {}, [], {}
@@ -166,13 +201,14 @@ def add_placeholder_token(model, placeholder, initializer_token=None, *, initial
         embedding = getattr(backbone, name).embedding
         if isinstance(embedding.token_embedding, PlaceholderEmbedding):
             raise ValueError(
-                "This model already has a textual-inversion token. Load a fresh model "
-                "to add another."
+                "This model already has textual-inversion tokens. Load a fresh model "
+                "and add all placeholders in one call (a list)."
             )
         vocabulary = dict(tokenizer.vocabulary)
-        if placeholder in vocabulary:
+        taken = [token for token in placeholders if token in vocabulary]
+        if taken:
             raise ValueError(
-                f"{placeholder!r} is already in the {name} vocabulary; choose a new "
+                f"{taken[0]!r} is already in the {name} vocabulary; choose a new "
                 "word, such as '<my-concept>'."
             )
         end_id = tokenizer.end_token_id
@@ -181,29 +217,34 @@ def add_placeholder_token(model, placeholder, initializer_token=None, *, initial
                 f"The {name} tokenizer's end token has id {end_id}, not the last id "
                 f"{len(vocabulary) - 1}; textual inversion needs CLIP's layout."
             )
+        dim = embedding.token_embedding.output_dim
         if initial_rows is None:
-            ids = [int(i) for i in np.asarray(tokenizer(initializer_token)).reshape(-1)]
-            if len(ids) != 1:
-                raise ValueError(
-                    f"The initializer token {initializer_token!r} is {len(ids)} tokens for "
-                    f"the {name} tokenizer; choose a word that is one token (e.g. 'dog', "
-                    "'toy', 'cat' for real CLIP)."
-                )
+            ids = []
+            for word in initializers:
+                pieces = [int(i) for i in np.asarray(tokenizer(word)).reshape(-1)]
+                if len(pieces) != 1:
+                    raise ValueError(
+                        f"The initializer token {word!r} is {len(pieces)} tokens for "
+                        f"the {name} tokenizer; choose a word that is one token (e.g. 'dog', "
+                        "'toy', 'cat' for real CLIP)."
+                    )
+                ids += pieces
             rows = ops.convert_to_numpy(embedding.token_embedding.embeddings)[ids]
         else:
             rows = np.asarray(initial_rows[name], "float32")
-            if rows.shape != (1, embedding.token_embedding.output_dim):
+            if rows.shape != (count, dim):
                 raise ValueError(
                     f"The {name} rows have shape {rows.shape}; this model needs "
-                    f"(1, {embedding.token_embedding.output_dim})."
+                    f"({count}, {dim}) for {count} placeholder(s)."
                 )
-        vocabulary[placeholder] = end_id
-        vocabulary[tokenizer.end_token] = end_id + 1
+        for offset, token in enumerate(placeholders):
+            vocabulary[token] = end_id + offset
+        vocabulary[tokenizer.end_token] = end_id + count
         new_tokenizer = CLIPTokenizerWithPlaceholders(
             vocabulary=vocabulary,
             merges=list(tokenizer.merges),
             pad_with_end_token=tokenizer.pad_with_end_token,
-            placeholder_tokens=[placeholder],
+            placeholder_tokens=placeholders,
             config_file=tokenizer.config_file,
         )
         new_preprocessors[name] = keras_hub.models.CLIPPreprocessor(
@@ -217,7 +258,7 @@ def add_placeholder_token(model, placeholder, initializer_token=None, *, initial
         layers.append(
             PlaceholderEmbedding(embedding.token_embedding, rows, name=f"{name}_placeholder")
         )
-        token_ids[name] = end_id
+        token_ids[name] = [end_id + offset for offset in range(count)]
     # Only once both encoders passed every check does the model change.
     for name, layer in zip(_ENCODERS, layers):
         # The encoder's functional graph calls `embedding.token_embedding`
@@ -226,14 +267,14 @@ def add_placeholder_token(model, placeholder, initializer_token=None, *, initial
         # the attribute without Keras' tracking.
         object.__setattr__(getattr(backbone, name).embedding, "token_embedding", layer)
         layer.base.trainable = False  # only the new rows train
-    model.replace_preprocessor(
-        keras_hub.models.StableDiffusion3TextToImagePreprocessor(
-            new_preprocessors["clip_l"],
-            new_preprocessors["clip_g"],
-            preprocessor.t5_preprocessor,
-        )
+    # A new preprocessor and new variables: the model rebuilds its tasks and
+    # compiled programs on next use (`StableDiffusion3.compiled`).
+    model.preprocessor = keras_hub.models.StableDiffusion3TextToImagePreprocessor(
+        new_preprocessors["clip_l"],
+        new_preprocessors["clip_g"],
+        preprocessor.t5_preprocessor,
     )
-    return TextualInversion(placeholder, initializer_token, token_ids, layers)
+    return TextualInversion(placeholders, initializers, token_ids, layers)
 
 
 def save_textual_inversion(inversion, path):
@@ -251,8 +292,8 @@ def save_textual_inversion(inversion, path):
     """
     config = {
         "format": _FORMAT,
-        "placeholder": inversion.placeholder,
-        "initializer_token": inversion.initializer_token,
+        "placeholders": inversion.placeholders,
+        "initializer_tokens": inversion.initializer_tokens,
     }
     arrays = {**inversion.rows(), "config": np.array(json.dumps(config))}
     return write_npz(path, arrays)
@@ -280,8 +321,10 @@ def load_textual_inversion(model, path):
         raise ValueError(
             f"{path!r} is not a textual-inversion file written by save_textual_inversion."
         )
+    # Files of one placeholder written before lists existed name it alone.
+    placeholders = config.get("placeholders") or [config["placeholder"]]
     inversion = add_placeholder_token(
-        model, config["placeholder"], initial_rows={name: arrays[name] for name in _ENCODERS}
+        model, placeholders, initial_rows={name: arrays[name] for name in _ENCODERS}
     )
-    inversion.initializer_token = config["initializer_token"]
+    inversion.initializer_tokens = config.get("initializer_tokens") or [config["initializer_token"]]
     return inversion

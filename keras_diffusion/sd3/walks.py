@@ -64,20 +64,25 @@ class FrameRenderer:
     `StatelessScope`; TensorFlow: `tf.function(jit_compile=True)`; torch:
     eager under `no_grad`), through `keras_diffusion.compile.CompiledLoop`.
 
+    Get it as `model.frame_renderer`: the model rebuilds it when its
+    structure changes (LoRA enabled, a textual-inversion token added).
+
     Args:
-        backbone: a `keras_hub.models.StableDiffusion3Backbone`.
+        model: a `keras_diffusion.sd3.StableDiffusion3`; its variables
+            (textual-inversion rows included) are the programs' state.
 
     Attributes:
         trace_count: how many programs were traced so far (always 0 on
             torch, which does not compile).
 
     Example:
-    >>> renderer = FrameRenderer(model.backbone)  # doctest: +SKIP
+    >>> renderer = model.frame_renderer  # doctest: +SKIP
     """
 
-    def __init__(self, backbone):
-        self.backbone = backbone
-        self._encoder = CompiledLoop(backbone.encode_text_step, backbone)
+    def __init__(self, model):
+        self.model = model
+        self.backbone = model.backbone
+        self._encoder = CompiledLoop(self.backbone.encode_text_step, model)
         self._loops = {}
 
     @property
@@ -89,7 +94,7 @@ class FrameRenderer:
         """`backbone.encode_text_step`, compiled; returns an `Embeddings`."""
         return Embeddings(*self._encoder(token_ids, negative_token_ids))
 
-    def __call__(self, latents, embeddings, num_steps, guidance_scale):
+    def __call__(self, latents, embeddings, num_steps, guidance_scale, decode=True):
         """Denoises `latents` over `num_steps` steps and decodes them.
 
         Args:
@@ -97,14 +102,15 @@ class FrameRenderer:
             embeddings: an `Embeddings` with batch B everywhere.
             num_steps: int number of steps.
             guidance_scale: float; `<= 1` turns guidance off, as in KerasHub.
+            decode: `False` returns the denoised latents instead of images.
 
         Returns:
-            Float images `(B, H, W, 3)`, about in [-1, 1].
+            Float images `(B, H, W, 3)`, about in [-1, 1] (or latents).
         """
         guided = guidance_scale > 1.0
-        key = (num_steps, guided)
+        key = (num_steps, guided, decode)
         if key not in self._loops:
-            self._loops[key] = CompiledLoop(self._make_loop(guided), self.backbone)
+            self._loops[key] = CompiledLoop(self._make_loop(guided, decode), self.model)
         self.backbone.configure_scheduler(num_steps)
         return self._loops[key](
             latents,
@@ -113,7 +119,7 @@ class FrameRenderer:
             ops.convert_to_tensor(guidance_scale, "float32"),
         )
 
-    def _make_loop(self, guided):
+    def _make_loop(self, guided, decode):
         backbone = self.backbone
 
         def loop(latents, embeddings, num_steps, guidance_scale):
@@ -123,7 +129,7 @@ class FrameRenderer:
                 return backbone.denoise_step(latents, embeddings, step, num_steps, scale)
 
             latents = ops.fori_loop(0, num_steps, body, latents)
-            return backbone.decode_step(latents)
+            return backbone.decode_step(latents) if decode else latents
 
         return loop
 
