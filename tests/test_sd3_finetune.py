@@ -138,8 +138,14 @@ def test_only_the_mmdit_trains_and_bad_options_fail():
     assert count_params(trainer.trainable_variables) == model.backbone.diffuser.count_params()
     with pytest.raises(ValueError, match="Nothing to train"):
         FlowMatchingTrainer(model.backbone, train_diffuser=False)
-    with pytest.raises(ValueError, match="loss_weighting"):
-        FlowMatchingTrainer(model.backbone, loss_weighting="snr")
+    with pytest.raises(ValueError, match="weighting_scheme"):
+        FlowMatchingTrainer(model.backbone, weighting_scheme="snr")
+    with pytest.raises(ValueError, match="null_caption"):
+        FlowMatchingTrainer(model.backbone, caption_dropout=0.1)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        FlowMatchingTrainer(model.backbone, caption_dropout=1.0, null_caption={})
+    with pytest.raises(ValueError, match="shift"):
+        FlowMatchingTrainer(model.backbone, shift=0.0)
     with pytest.raises(ValueError, match="own loss"):
         trainer.compile(loss="mse")
 
@@ -212,7 +218,7 @@ def test_options_from_keras_optimizers_train():
     """Gradient accumulation, clipping and EMA are the optimizer's."""
     model = fresh_model()
     before = [ops.convert_to_numpy(v) for v in model.backbone.diffuser.weights]
-    trainer = FlowMatchingTrainer(model.backbone, seed=0, weighting_scheme="mode", loss_weighting="cosmap")
+    trainer = FlowMatchingTrainer(model.backbone, seed=0, weighting_scheme="cosmap")
     optimizer = keras.optimizers.AdamW(
         1e-3, gradient_accumulation_steps=2, global_clipnorm=1.0, use_ema=True, ema_momentum=0.5
     )
@@ -222,3 +228,76 @@ def test_options_from_keras_optimizers_train():
     assert int(ops.convert_to_numpy(optimizer.iterations)) == 2  # 4 batches, 2 accumulated
     after = [ops.convert_to_numpy(v) for v in model.backbone.diffuser.weights]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_each_scheme_is_a_density_or_a_weight_never_both():
+    """diffusers' rule: logit_normal/mode weight by 1, sigma_sqrt/cosmap draw t uniformly."""
+    backbone = tiny_setup().model.backbone
+    sigma = np.linspace(0.0, 1.0, 11).astype("float32")
+    weights = {
+        scheme: ops.convert_to_numpy(
+            FlowMatchingTrainer(backbone, weighting_scheme=scheme, shift=3.0)._loss_weight(sigma)
+        )
+        for scheme in ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
+    }
+    for scheme in ("logit_normal", "mode", "uniform"):
+        np.testing.assert_array_equal(weights[scheme], np.ones(11))
+    np.testing.assert_allclose(weights["cosmap"], 2 / (np.pi * (1 - 2 * sigma + 2 * sigma**2)), rtol=1e-5)
+    # sigma_sqrt: 1 / sigma^2, bounded where diffusers' 1000-entry table ends.
+    smallest = 3.0 * 0.001 / (1 + 2.0 * 0.001)
+    np.testing.assert_allclose(weights["sigma_sqrt"][1:], 1 / sigma[1:] ** 2, rtol=1e-5)
+    np.testing.assert_allclose(weights["sigma_sqrt"][0], 1 / smallest**2, rtol=1e-4)
+    u = ops.convert_to_numpy(sample_t(20000, "sigma_sqrt", seed=4))
+    assert abs(u.mean() - 0.5) < 0.01 and abs((u**2).mean() - 1 / 3) < 0.01
+    # Unbounded, the mean weight of continuous draws diverges (1e6 draws gave
+    # ~1e5, carried by 0.1% of them); bounded, it is about the table's.
+    trainer = FlowMatchingTrainer(backbone, weighting_scheme="sigma_sqrt", shift=3.0)
+    t = sample_t(200000, "sigma_sqrt", seed=5)
+    mean_weight = float(np.mean(ops.convert_to_numpy(trainer._loss_weight(shift_sigma(t, 3.0)))))
+    table = 3.0 * np.arange(1, 1001) / 1000 / (1 + 2.0 * np.arange(1, 1001) / 1000)
+    assert 0.8 < mean_weight / np.mean(1 / table**2) < 1.4
+
+
+def test_preconditioned_outputs_are_the_velocity_loss_times_sigma_squared():
+    model = tiny_setup().model
+    batch = {name: value[:4] for name, value in cached_set().items() if name != "flipped_latents"}
+    plain = FlowMatchingTrainer(model.backbone, seed=3)(batch)
+    preconditioned = FlowMatchingTrainer(model.backbone, seed=3, precondition_outputs=True)(batch)
+    latents = batch["latents"]
+    np.testing.assert_allclose(ops.convert_to_numpy(preconditioned["target"]), latents, atol=1e-6)
+    error = ops.convert_to_numpy(plain["prediction"] - plain["target"])
+    error_x0 = ops.convert_to_numpy(preconditioned["prediction"] - preconditioned["target"])
+    # x_t - sigma v_hat - x = -sigma (v_hat - v): the same draws give error_x0 = -sigma error.
+    sigma = -np.sum(error_x0 * error, axis=(1, 2, 3)) / np.sum(error**2, axis=(1, 2, 3))
+    np.testing.assert_allclose(error_x0, -sigma[:, None, None, None] * error, atol=1e-4)
+    assert np.all((0 < sigma) & (sigma < 1))
+
+
+def test_caption_dropout_trains_some_examples_on_the_empty_caption():
+    model = tiny_setup().model
+    batch = {name: value for name, value in cached_set().items() if name != "flipped_latents"}
+    null_context, null_pooled = encode_text(model.backbone, data.tokenize(model, [""]))
+    trainer = FlowMatchingTrainer(
+        model.backbone, seed=0, caption_dropout=0.5, null_caption=data.tokenize(model, [""])
+    )
+    context, pooled = trainer._drop_captions(
+        ops.convert_to_tensor(batch["context"]), ops.convert_to_tensor(batch["pooled_projection"]), 8
+    )
+    context, pooled = ops.convert_to_numpy(context), ops.convert_to_numpy(pooled)
+    dropped = np.all(np.isclose(pooled, ops.convert_to_numpy(null_pooled)), axis=1)
+    kept = np.all(pooled == batch["pooled_projection"], axis=1)
+    assert np.all(dropped | kept) and 0 < dropped.sum() < 8
+    np.testing.assert_allclose(context[dropped], np.repeat(ops.convert_to_numpy(null_context), dropped.sum(), 0), atol=1e-5)
+
+
+def test_raw_uint8_images_are_refused_before_training():
+    model = tiny_setup().model
+    trainer = FlowMatchingTrainer(model.backbone, seed=0)
+    trainer.compile()
+    raw = data.raw_examples(model, synthetic_set(2))
+    with pytest.raises(ValueError, match="TrainingBatches"):
+        trainer.fit(raw, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        trainer.fit({**raw, "images": raw["images"].astype("float32")}, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="TrainingBatches"):
+        trainer({**raw, "images": ops.convert_to_tensor(raw["images"])})

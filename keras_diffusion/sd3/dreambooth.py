@@ -127,7 +127,8 @@ def dreambooth_batches(
         model: the `StableDiffusion3` to train (its encoders, frozen).
         instance: a `data.CaptionedImages` of the subject; its captions are
             replaced by `instance_prompt`.
-        instance_prompt: e.g. `"a photo of sks dog"`.
+        instance_prompt: e.g. `"a photo of sks dog"`, or `None` to keep
+            each instance image's own caption (diffusers' `--caption_column`).
         prior: a `data.CaptionedImages` from `class_images`, or `None` for no
             prior preservation.
         batch_size: instance examples per batch (plus as many class ones).
@@ -140,11 +141,15 @@ def dreambooth_batches(
     Returns:
         A `data.TrainingBatches`.
     """
-    if not instance_prompt or not isinstance(instance_prompt, str):
-        raise ValueError("`instance_prompt` must be a non-empty string, e.g. 'a photo of sks dog'.")
-    instance = data_lib.CaptionedImages(
-        instance.images, [instance_prompt] * len(instance), instance.files
-    )
+    if instance_prompt is not None:
+        if not instance_prompt or not isinstance(instance_prompt, str):
+            raise ValueError(
+                "`instance_prompt` must be a non-empty string, e.g. 'a photo of sks dog', "
+                "or None to keep the instance images' own captions."
+            )
+        instance = data_lib.CaptionedImages(
+            instance.images, [instance_prompt] * len(instance), instance.files
+        )
 
     def examples(captioned, noise_seed):
         if cache:

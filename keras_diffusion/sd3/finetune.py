@@ -7,9 +7,16 @@ cached latent is used) and a caption's text embeddings (the frozen CLIP
 encoders, and T5 when present, encode its token ids, or cached embeddings
 are used). For each example the trainer draws
 
-- `t` from SD3's density (Esser et al. 2024, sec. 3.1): `"logit_normal"`
-  (`sigmoid(N(mean, std))`, the default), `"mode"` (`1 - u - s (cos^2(pi u /
-  2) - 1 + u)`, `u ~ U(0, 1)`) or `"uniform"`;
+- `t` from the density that `weighting_scheme` names, with diffusers' names
+  and rule (`compute_density_for_timestep_sampling` and
+  `compute_loss_weighting_for_sd3` in `diffusers.training_utils`): one
+  scheme picks either a density or a loss weight, never both.
+  `"logit_normal"` (`sigmoid(N(mean, std))`, the default) and `"mode"`
+  (`1 - u - s (cos^2(pi u / 2) - 1 + u)`, `u ~ U(0, 1)`) are densities of
+  SD3 (Esser et al. 2024, sec. 3.1) with unit weights; `"sigma_sqrt"`
+  (`1 / sigma^2`) and `"cosmap"` (`2 / (pi (1 - 2 sigma + 2 sigma^2))`)
+  weight the loss of uniform times; `"uniform"` (diffusers' `"none"`) is
+  neither;
 - `sigma = shift * t / (1 + (shift - 1) * t)`, the time shift of SD3's
   scheduler (`shift=1` turns it off; diffusers' `train_dreambooth_lora_sd3.py`
   applies it through a 1000-entry table, this applies it continuously);
@@ -17,10 +24,16 @@ are used). For each example the trainer draws
   timestep `sigma * 1000`.
 
 The MMDiT (`backbone.diffuser`, called with `training=True`) predicts the
-velocity `eps - x`; the loss is their mean squared error, optionally weighted
-(`"sigma_sqrt"` or `"cosmap"`, as in diffusers). Examples flagged as prior
-examples (DreamBooth's class images) form a second mean, added with weight
-`prior_loss_weight`.
+velocity `v = eps - x`. The default loss is the velocity's mean squared
+error. `precondition_outputs=True` is diffusers' default instead: the
+prediction becomes a clean latent `x_t - sigma v_hat` and is compared with
+`x`, which is the velocity error times `sigma^2`; so the gradients are
+smaller, more at low noise, and diffusers' learning rates carry over only
+with it. Examples flagged as prior examples (DreamBooth's class images) form
+a second mean, added with weight `prior_loss_weight`. With
+`caption_dropout=p`, each example's caption is replaced by the empty one
+with probability `p`, so the unconditional branch that guidance uses keeps
+training.
 
 What trains: the MMDiT's trainable variables (all of them, or only LoRA
 adapters after `keras_diffusion.sd3.lora.enable_lora`), plus any
@@ -38,8 +51,9 @@ import keras
 import numpy as np
 from keras import ops
 
-WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform")
-LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
+# The schemes that are densities of t; the others draw t uniformly.
+_DENSITIES = ("logit_normal", "mode")
 
 
 def encode_text(backbone, token_ids):
@@ -96,7 +110,8 @@ def sample_t(batch_size, weighting_scheme, seed, logit_mean=0.0, logit_std=1.0, 
 
     Args:
         batch_size: number of draws.
-        weighting_scheme: `"logit_normal"`, `"mode"` or `"uniform"`.
+        weighting_scheme: one of `WEIGHTING_SCHEMES`; `"sigma_sqrt"`,
+            `"cosmap"` and `"uniform"` draw `t` uniformly.
         seed: a `keras.random.SeedGenerator` or int.
         logit_mean, logit_std: the normal's mean and std for `"logit_normal"`.
         mode_scale: `s` of the `"mode"` density (SD3 uses 1.29).
@@ -115,7 +130,7 @@ def sample_t(batch_size, weighting_scheme, seed, logit_mean=0.0, logit_std=1.0, 
     u = keras.random.uniform((batch_size,), seed=seed)
     if weighting_scheme == "mode":
         return 1.0 - u - mode_scale * (ops.square(ops.cos(math.pi * u / 2.0)) - 1.0 + u)
-    if weighting_scheme == "uniform":
+    if weighting_scheme in WEIGHTING_SCHEMES:
         return u
     raise ValueError(
         f"Unknown weighting_scheme {weighting_scheme!r}; expected one of {WEIGHTING_SCHEMES}."
@@ -135,19 +150,27 @@ class FlowMatchingTrainer(keras.Model):
     already scaled and shifted), and either `"token_ids"` (a dict of CLIP/T5
     ids) or `"context"` and `"pooled_projection"` (cached text embeddings).
     An optional float `"prior"` marks DreamBooth's class examples (1) against
-    instance examples (0). `keras_diffusion.sd3.data` builds such datasets.
+    instance examples (0). `keras_diffusion.sd3.data.TrainingBatches` builds
+    such batches (and turns uint8 images into [-1, 1]).
 
     Args:
         backbone: a `keras_hub.models.StableDiffusion3Backbone`, shared (the
             trainer changes its weights in place).
-        weighting_scheme: density of `t`: `"logit_normal"` (default),
-            `"mode"` or `"uniform"`.
+        weighting_scheme: diffusers' `--weighting_scheme`: the density of
+            `t` (`"logit_normal"`, the default, or `"mode"`) or the loss
+            weight of uniform times (`"sigma_sqrt"`, `"cosmap"`), or
+            `"uniform"` for neither (diffusers' `"none"`).
         logit_mean, logit_std: parameters of `"logit_normal"` (0 and 1).
         mode_scale: parameter of `"mode"` (1.29).
         shift: time shift applied to `t`; `None` uses the backbone
             scheduler's (3.0 for SD3), 1.0 disables it.
-        loss_weighting: `"none"` (default), `"sigma_sqrt"` (`1 / sigma^2`) or
-            `"cosmap"` (`2 / (pi (1 - 2 sigma + 2 sigma^2))`).
+        precondition_outputs: compare the clean latent `x_t - sigma v_hat`
+            with `x` (diffusers' default) instead of the velocity with
+            `eps - x` (ours): the same minimiser, a loss `sigma^2` times ours.
+        caption_dropout: probability of training an example on the empty
+            caption instead of its own; needs `null_caption`.
+        null_caption: token ids of the empty prompt, as
+            `keras_diffusion.sd3.data.tokenize(model, [""])` returns them.
         prior_loss_weight: DreamBooth's lambda: the loss is the mean over
             instance examples plus `prior_loss_weight` times the mean over
             prior examples. 0 removes the prior term.
@@ -155,7 +178,7 @@ class FlowMatchingTrainer(keras.Model):
             them, or its LoRA adapters). `False` for textual inversion.
         trainable_layers: extra layers whose trainable variables train
             (textual inversion's new embedding rows).
-        seed: int seed for the draws of `t` and noise.
+        seed: int seed for the draws of `t`, noise and caption dropout.
 
     Example:
     >>> model = keras_diffusion.sd3.from_preset("tiny")  # doctest: +SKIP
@@ -173,7 +196,9 @@ class FlowMatchingTrainer(keras.Model):
         logit_std=1.0,
         mode_scale=1.29,
         shift=None,
-        loss_weighting="none",
+        precondition_outputs=False,
+        caption_dropout=0.0,
+        null_caption=None,
         prior_loss_weight=1.0,
         train_diffuser=True,
         trainable_layers=(),
@@ -187,19 +212,26 @@ class FlowMatchingTrainer(keras.Model):
                 f"Unknown weighting_scheme {weighting_scheme!r}; expected one of "
                 f"{WEIGHTING_SCHEMES}."
             )
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"Unknown loss_weighting {loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}."
-            )
         if prior_loss_weight < 0:
             raise ValueError(f"`prior_loss_weight` must be >= 0, got {prior_loss_weight}.")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"`caption_dropout` must be in [0, 1), got {caption_dropout}.")
+        if caption_dropout and null_caption is None:
+            raise ValueError(
+                "caption_dropout needs the empty prompt's token ids: pass "
+                "null_caption=keras_diffusion.sd3.data.tokenize(model, [\"\"])."
+            )
         self.backbone = backbone
         self.weighting_scheme = weighting_scheme
         self.logit_mean = float(logit_mean)
         self.logit_std = float(logit_std)
         self.mode_scale = float(mode_scale)
         self.shift = float(backbone.shift if shift is None else shift)
-        self.loss_weighting = loss_weighting
+        if self.shift <= 0:
+            raise ValueError(f"`shift` must be positive, got {self.shift}; 1.0 turns it off.")
+        self.precondition_outputs = bool(precondition_outputs)
+        self.caption_dropout = float(caption_dropout)
+        self.null_caption = null_caption
         self.prior_loss_weight = float(prior_loss_weight)
         self.trainable_layers = list(trainable_layers)
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -217,6 +249,9 @@ class FlowMatchingTrainer(keras.Model):
                 "the textual-inversion embedding layers."
             )
         self.num_train_timesteps = backbone.num_train_timesteps
+        # The smallest sigma of diffusers' 1000-entry table: it bounds
+        # "sigma_sqrt"'s 1 / sigma^2, which is unbounded on continuous t.
+        self.min_sigma = float(shift_sigma(1.0 / self.num_train_timesteps, self.shift))
         # All variables exist (the backbone's and the seed state), so the
         # trainer is built: BackupAndRestore can restore into it before fit().
         self.built = True
@@ -229,19 +264,30 @@ class FlowMatchingTrainer(keras.Model):
         """Noises a batch at random sigmas and predicts the velocity.
 
         Returns:
-            A dict with `"prediction"`, `"target"` (`eps - x`), per-example
-            `"weight"` and `"prior"` (1 for prior examples), all float32.
+            A dict with `"prediction"` and `"target"` (the velocity and
+            `eps - x`, or with `precondition_outputs` the clean latent and
+            `x`), per-example `"weight"` and `"prior"` (1 for prior
+            examples), all float32.
         """
         if "latents" in inputs:
             latents = inputs["latents"]
         else:
-            latents = self.encode_images(inputs["images"])
+            images = inputs["images"]
+            if not _is_float(images.dtype):
+                raise ValueError(
+                    f"`images` must be float in [-1, 1], got dtype {images.dtype}. "
+                    "Serve uint8 images through keras_diffusion.sd3.data.TrainingBatches, "
+                    "which scales them, or divide by 127.5 and subtract 1."
+                )
+            latents = self.encode_images(images)
         latents = ops.cast(latents, "float32")
         if "context" in inputs:
             context, pooled = inputs["context"], inputs["pooled_projection"]
         else:
             context, pooled = encode_text(self.backbone, inputs["token_ids"])
         batch = ops.shape(latents)[0]
+        if self.caption_dropout:
+            context, pooled = self._drop_captions(context, pooled, batch)
         t = sample_t(
             batch,
             self.weighting_scheme,
@@ -252,7 +298,7 @@ class FlowMatchingTrainer(keras.Model):
         )
         sigma = shift_sigma(t, self.shift)
         noise = keras.random.normal(ops.shape(latents), seed=self.seed_generator)
-        s = ops.reshape(sigma, (-1, 1, 1, 1))
+        s = ops.reshape(sigma, (-1,) + (1,) * (len(latents.shape) - 1))
         noisy = (1.0 - s) * latents + s * noise
         dtype = self.backbone.diffuser.compute_dtype
         prediction = self.backbone.diffuser(
@@ -264,26 +310,37 @@ class FlowMatchingTrainer(keras.Model):
             },
             training=training,
         )
+        prediction = ops.cast(prediction, "float32")
+        target = noise - latents
+        if self.precondition_outputs:
+            prediction, target = noisy - s * prediction, latents
         prior = inputs.get("prior")
         prior = ops.zeros_like(sigma) if prior is None else ops.cast(prior, "float32")
         return {
-            "prediction": ops.cast(prediction, "float32"),
-            "target": noise - latents,
+            "prediction": prediction,
+            "target": target,
             "weight": self._loss_weight(sigma),
             "prior": prior,
         }
 
+    def _drop_captions(self, context, pooled, batch):
+        null_context, null_pooled = encode_text(self.backbone, self.null_caption)
+        keep = keras.random.uniform((batch,), seed=self.seed_generator) >= self.caption_dropout
+        context = ops.where(ops.reshape(keep, (-1, 1, 1)), context, ops.cast(null_context, context.dtype))
+        pooled = ops.where(ops.reshape(keep, (-1, 1)), pooled, ops.cast(null_pooled, pooled.dtype))
+        return context, pooled
+
     def _loss_weight(self, sigma):
-        if self.loss_weighting == "sigma_sqrt":
-            return 1.0 / ops.square(sigma)
-        if self.loss_weighting == "cosmap":
+        if self.weighting_scheme == "sigma_sqrt":
+            return 1.0 / ops.square(ops.maximum(sigma, self.min_sigma))
+        if self.weighting_scheme == "cosmap":
             return 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * ops.square(sigma)))
         return ops.ones_like(sigma)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean over instance examples + `prior_loss_weight` x mean over prior ones."""
         error = ops.square(y_pred["prediction"] - y_pred["target"])
-        per_example = ops.mean(error, axis=(1, 2, 3)) * y_pred["weight"]
+        per_example = ops.mean(error, axis=tuple(range(1, len(error.shape)))) * y_pred["weight"]
         prior = y_pred["prior"]
         instance = 1.0 - prior
         loss = ops.sum(per_example * instance) / ops.maximum(ops.sum(instance), 1.0)
@@ -316,18 +373,58 @@ class FlowMatchingTrainer(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
-    def fit(self, *args, **kwargs):
-        """`keras.Model.fit`; afterwards each trained variable holds its own buffer.
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking the images; each trained variable
+        then holds its own buffer.
 
-        With `use_ema`, fit() ends by assigning the EMA values to the model's
-        variables; on JAX both then share one buffer, and a later fit() fails
-        with "Attempt to donate the same buffer twice", so they are copied.
+        Images must be float in [-1, 1]: raw uint8 (or 0-255 float) images
+        are refused before training starts (inside a compiled step JAX would
+        hide the error). With `use_ema`, fit() ends by assigning the EMA
+        values to the model's variables; on JAX both then share one buffer,
+        and a later fit() fails with "Attempt to donate the same buffer
+        twice", so they are copied.
         """
-        history = super().fit(*args, **kwargs)
+        check_images(x)
+        history = super().fit(x, *args, **kwargs)
         if getattr(self.optimizer, "use_ema", False):
             for variable in self.trainable_variables:
                 variable.assign(ops.copy(variable.value))
         return history
+
+
+def check_images(data):
+    """Raises ValueError unless the `"images"` that `data` serves are float in [-1, 1].
+
+    Args:
+        data: what `fit()` gets: a dict of arrays, or a `keras.utils.PyDataset`
+            (its first batch is checked). Other inputs pass unchecked.
+
+    Example:
+    >>> check_images({"images": np.zeros((1, 8, 8, 3), "float32")})
+    >>> check_images({"images": np.full((1, 8, 8, 3), 255, "uint8")})
+    Traceback (most recent call last):
+    ...
+    ValueError: `images` must be float in [-1, 1], got uint8 values in [255, 255]. Serve raw images through keras_diffusion.sd3.data.TrainingBatches, which scales them to [-1, 1].
+    """
+    if isinstance(data, keras.utils.PyDataset) and len(data):
+        data = data[0]
+        data = data[0] if isinstance(data, tuple) else data
+    if not isinstance(data, dict) or "images" not in data:
+        return
+    images = np.asarray(data["images"])
+    if images.size == 0:
+        raise ValueError("`images` is empty: a training set needs at least one image.")
+    low, high = float(images.min()), float(images.max())
+    if not _is_float(images.dtype) or low < -1.0 or high > 1.0 or not np.isfinite([low, high]).all():
+        raise ValueError(
+            f"`images` must be float in [-1, 1], got {images.dtype} values in "
+            f"[{low:g}, {high:g}]. Serve raw images through "
+            "keras_diffusion.sd3.data.TrainingBatches, which scales them to [-1, 1]."
+        )
+
+
+def _is_float(dtype):
+    return "float" in str(dtype)
 
 
 def count_params(variables):

@@ -25,6 +25,8 @@ import time
 import uuid
 
 METHODS = ("lora", "full", "dreambooth", "textual-inversion")
+# As keras_diffusion.sd3.finetune.WEIGHTING_SCHEMES (this module does not import Keras).
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
 DEFAULT_LEARNING_RATES = {"lora": 1e-4, "full": 1e-5, "dreambooth": 1e-4, "textual-inversion": 5e-3}
 
 
@@ -71,8 +73,19 @@ def add_parser(subparsers, add_model_arguments):
         help="compute in this dtype with float32 weights",
     )
     parser.add_argument(
-        "--weighting-scheme", choices=("logit_normal", "mode", "uniform"), default="logit_normal",
-        help="density of the training times",
+        "--weighting-scheme", choices=WEIGHTING_SCHEMES, default="logit_normal",
+        help="diffusers' --weighting_scheme: the density of the training times (logit_normal, "
+        "mode) or the loss weight of uniform times (sigma_sqrt, cosmap); uniform is neither",
+    )
+    parser.add_argument(
+        "--precondition-outputs", action="store_true",
+        help="diffusers' default loss on the clean latent (sigma^2 x the velocity loss), "
+        "so that diffusers' learning rates carry over",
+    )
+    parser.add_argument(
+        "--caption-dropout", type=float, default=0.0,
+        help="probability of training on the empty caption, which keeps the unconditional "
+        "branch that guidance uses",
     )
     parser.add_argument("--cache-latents", action="store_true", help="encode images and captions once")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -110,6 +123,8 @@ def check_arguments(args):
     for name in ("epochs", "batch_size", "grad_accum", "rank", "num_class_images"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if not 0.0 <= args.caption_dropout < 1.0:
+        raise ValueError(f"--caption-dropout must be in [0, 1), got {args.caption_dropout}.")
     if args.method == "dreambooth" and not args.instance_prompt:
         raise ValueError("--method dreambooth needs --instance-prompt, e.g. 'a photo of sks dog'.")
     if args.method == "textual-inversion" and not (args.placeholder and args.initializer):
@@ -217,7 +232,7 @@ def _finetune(args, model, dataset):
         )
     elif args.cache_latents:
         examples = data_lib.cache_examples(
-            model, dataset, random_flip=flip, cache_text=inversion is None
+            model, dataset, random_flip=flip, cache_text=inversion is None, seed=seed
         )
         batches = data_lib.TrainingBatches(examples, args.batch_size, random_flip=flip, seed=seed)
     else:
@@ -227,6 +242,9 @@ def _finetune(args, model, dataset):
     trainer = FlowMatchingTrainer(
         model.backbone,
         weighting_scheme=args.weighting_scheme,
+        precondition_outputs=args.precondition_outputs,
+        caption_dropout=args.caption_dropout,
+        null_caption=data_lib.tokenize(model, [""]) if args.caption_dropout else None,
         prior_loss_weight=args.prior_loss_weight,
         train_diffuser=inversion is None,
         trainable_layers=inversion.layers if inversion else (),
@@ -242,9 +260,11 @@ def _finetune(args, model, dataset):
         gradient_accumulation_steps=args.grad_accum if args.grad_accum > 1 else None,
     )
     trainer.compile(optimizer)
-    trainable = count_params(trainer.trainable_variables)
-    # LoRA adapters are part of the backbone; the placeholder rows are not.
-    total = model.backbone.count_params() - (trainable if use_lora else 0)
+    if use_lora:  # effective counts: the diffusers layout's zeroed blocks do not count
+        report = lora.parameter_report(model)
+        trainable, total = report["lora"], report["total"]
+    else:  # the placeholder rows are not part of the backbone
+        trainable, total = count_params(trainer.trainable_variables), model.backbone.count_params()
     print(f"Training {trainable:,} of the model's {total:,} parameters ({trainable / total:.3%}).")
     start = time.time()
     history = trainer.fit(
