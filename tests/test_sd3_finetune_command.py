@@ -9,6 +9,7 @@ from PIL import Image
 from keras_diffusion import sd3
 from keras_diffusion.cli import main
 from keras_diffusion.sd3 import lora
+from keras_diffusion.sd3.walks import save_grid
 from tests.sd3_fixtures import tiny_setup, torch_single_thread  # noqa: F401
 
 
@@ -58,6 +59,12 @@ def test_lora_run_writes_adapter_samples_and_log(tmp_path):
     fresh = sd3.from_preset(tiny_setup().preset_dir)
     lora.load_lora(fresh, out / "sd3.lora.npz")
     assert log["trainable_parameters"] == lora.parameter_report(fresh)["lora"]
+    # The after-grid shows the trained adapters: a fresh model with the saved file draws it.
+    before, after = (np.asarray(Image.open(out / f"samples_{n}.png")) for n in ("before", "after"))
+    assert np.abs(after.astype(int) - before).max() > 0
+    prompts = log["sample_prompts"]
+    expected = sd3.text_to_image(fresh, prompts, num_steps=2, seed=log["seed"])
+    np.testing.assert_array_equal(after, np.asarray(Image.open(save_grid(out / "fresh.png", expected))))
     assert not (out / "backup").exists()  # removed after a finished run
 
 

@@ -53,6 +53,7 @@ _MODULES = {
     "keras_diffusion.sd3.lora": (
         "enable_lora",
         "load_lora",
+        "lora_parameter_counts",
         "merge_lora",
         "parameter_report",
         "save_lora",

@@ -10,7 +10,7 @@
 `finetune` lives in `finetune_command`.
 
 `--preset tiny` runs offline: it builds a small random model once, caches it
-(`--cache`, default `~/.cache/keras_diffusion/sd3_tiny`) and reuses it. Its
+(`--cache`, default `~/.cache/keras_diffusion/sd3_tiny_v2`) and reuses it. Its
 images look like noise; it shows the mechanics, not the art.
 
 This module imports neither Keras nor KerasHub at import time, so that the
