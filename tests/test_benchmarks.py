@@ -150,3 +150,31 @@ def test_init_effect_gives_a_held_out_curve():
 
     curve = init_effect.held_out_curve("pytorch", "tiny", epochs=1, held_out=16, batch_size=32, train_images=64)
     assert len(curve) == 1 and 0 < curve[0] < 10
+
+
+def test_sd3_captions_measures_are_paired_and_deterministic():
+    from benchmarks import sd3_captions
+    from tests.sd3_fixtures import tiny_setup
+
+    model = tiny_setup().model
+    squares = sd3_captions.colour_squares(("red", "blue"), per_colour=2)
+    assert squares.captions == ["a red square"] * 2 + ["a blue square"] * 2
+    assert squares.images[0, ..., 0].mean() > 200 and squares.images[2, ..., 2].mean() > 200
+    latents = np.random.default_rng(0).standard_normal((2, *model.latent_shape)).astype("float32")
+    first = sd3_captions.caption_loss(model, latents, "a red square", repeats=2)
+    assert first == sd3_captions.caption_loss(model, latents, "a red square", repeats=2)
+    assert first != sd3_captions.caption_loss(model, latents, "a blue square", repeats=2)
+    made = sd3_captions.generated_latents(model, "a red square", count=2, num_steps=2)
+    assert made.shape == (2, *model.latent_shape) and np.isfinite(made).all()
+
+
+@pytest.mark.slow  # trains a base model and four fine-tunes: ~10 min per backend
+def test_sd3_captions_every_method_teaches_the_captions(tmp_path):
+    from benchmarks import sd3_captions
+
+    assert sd3_captions.main(["--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / f"{BACKEND}.json").read_text())
+    assert results["base"]["green_vs_cyan"] == {"losses_ok": True, "latents_ok": True}
+    for result in results["methods"]:
+        assert result["after"]["losses_ok"] and result["after"]["latents_ok"], result["method"]
+        assert not (result["before"]["losses_ok"] and result["before"]["latents_ok"]), result["method"]
