@@ -17,7 +17,9 @@ import os
 import subprocess
 import sys
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+sys.path.insert(0, ROOT)  # this checkout's keras_diffusion, not an installed one
 BACKENDS = ("jax", "tensorflow", "torch")
 NUM_IMAGES = 3
 
