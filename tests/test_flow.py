@@ -163,3 +163,21 @@ def test_clear_errors():
         FlowMatching(mlp(), DiscreteVPSchedule())
     with pytest.raises(ValueError, match="'linspace'"):
         exact_model().generate(2, timestep_spacing="leading", verbose=False)
+
+
+@pytest.mark.slow  # about a minute of training on 2 CPU cores
+def test_flow_matching_learns_a_gaussian_mixture():
+    rng = np.random.default_rng(0)
+    centers = np.array([[-1.0, -1.0], [1.0, 1.0]], "float32")
+    data = (centers[rng.integers(0, 2, 4096)] + 0.1 * rng.normal(size=(4096, 2))).astype("float32")
+    model = FlowMatching(mlp(width=128), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(data, epochs=30, batch_size=256, verbose=0)
+    samples = model.generate(2000, num_steps=50, seed=0, verbose=False, return_float=True)
+    right = samples[:, 0] > 0
+    assert abs(right.mean() - 0.5) < 0.05
+    for mask, center in ((right, centers[1]), (~right, centers[0])):
+        np.testing.assert_allclose(samples[mask].mean(0), center, atol=0.05)
+        cov = np.cov(samples[mask].T)
+        np.testing.assert_allclose(np.diag(cov), 0.01, rtol=0.6)
+        assert abs(cov[0, 1]) < 0.01
