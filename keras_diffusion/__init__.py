@@ -18,13 +18,18 @@ from keras_diffusion import images
 from keras_diffusion import metrics
 from keras_diffusion import models
 from keras_diffusion import networks
+from keras_diffusion import parameterizations
 from keras_diffusion import processes
 from keras_diffusion import samplers
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
+from keras_diffusion.models import EDM
 from keras_diffusion.models import DiffusionModel
+from keras_diffusion.models import FlowMatching
 from keras_diffusion.processes import ContinuousCosineSchedule
 from keras_diffusion.processes import DiscreteVPSchedule
+from keras_diffusion.processes import EDMProcess
+from keras_diffusion.processes import RectifiedFlow
 
 __version__ = "0.1.0"
 
@@ -34,12 +39,17 @@ __all__ = [
     "DDPM",
     "DiffusionModel",
     "DiscreteVPSchedule",
+    "EDM",
+    "EDMProcess",
+    "FlowMatching",
+    "RectifiedFlow",
     "callbacks",
     "datasets",
     "images",
     "metrics",
     "models",
     "networks",
+    "parameterizations",
     "processes",
     "samplers",
 ]

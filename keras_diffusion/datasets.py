@@ -46,7 +46,8 @@ def validate_images(images, expected_shape=None):
     Args:
         images: numpy array, expected float with shape (N, H, W, C).
         expected_shape: optional (H, W, C) the images must have; `None`
-            entries match any size.
+            entries match any size. Another rank checks non-image data
+            (`(D,)` for vectors, `(T, C)` for sequences) the same way.
 
     Returns:
         `images`, unchanged.
@@ -66,7 +67,12 @@ def validate_images(images, expected_shape=None):
             f"`images` is empty (shape {array.shape}); pass at least one "
             "image, e.g. check that the dataset or folder is not empty."
         )
-    if array.ndim != 4:
+    rank = 4 if expected_shape is None else 1 + len(expected_shape)
+    if array.ndim != rank and rank != 4:
+        raise ValueError(
+            f"`images` must have shape (N, *{tuple(expected_shape)}), got shape {array.shape} (rank {array.ndim})."
+        )
+    if array.ndim != rank:
         raise ValueError(
             f"`images` must have shape (N, H, W, C) (channels-last), got shape "
             f"{array.shape} (rank {array.ndim}). Add the missing axes, e.g. "
@@ -90,7 +96,7 @@ def validate_images(images, expected_shape=None):
     if expected_shape is not None:
         expected = tuple(expected_shape)
         actual = array.shape[1:]
-        if len(expected) != 3 or any(
+        if any(
             e is not None and e != a for e, a in zip(expected, actual, strict=True)
         ):
             raise ValueError(

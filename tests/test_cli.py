@@ -195,8 +195,9 @@ def test_help_explains_every_flag(command, capsys):
 
 def test_choices_match_the_library():
     from keras_diffusion.datasets import DATASETS
-    from keras_diffusion.models.base import LOSS_TYPES, PREDICTION_TYPES
-    from keras_diffusion.processes import BETA_SCHEDULES, TIMESTEP_SPACINGS
+    from keras_diffusion.models.base import LOSS_TYPES
+    from keras_diffusion.parameterizations import PARAMETERIZATIONS
+    from keras_diffusion.processes import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiscreteVPSchedule
     from keras_diffusion.samplers import SAMPLERS, SIGMA_SCHEDULES
 
     assert set(cli.SAMPLERS) == set(SAMPLERS)
@@ -204,7 +205,9 @@ def test_choices_match_the_library():
     assert cli.DATASETS == DATASETS
     assert cli.BETA_SCHEDULES == BETA_SCHEDULES
     assert cli.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
-    assert cli.PREDICTION_TYPES == PREDICTION_TYPES
+    # `train ddpm|ddim` offers the prediction types that fit a VP schedule.
+    vp = DiscreteVPSchedule()
+    assert cli.PREDICTION_TYPES == tuple(name for name, p in PARAMETERIZATIONS.items() if vp.kind in p.kinds)
     assert cli.LOSS_TYPES == LOSS_TYPES
 
 

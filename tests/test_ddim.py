@@ -90,10 +90,10 @@ def test_sigma_to_t_inverts_the_schedule():
 
 def test_sigmas_take_the_keras_io_steps():
     model = DDIM(tiny_network(), kid_feature_extractor=None)
-    sigmas = model.sigmas(4)
+    sigmas = model.process.sigmas(4)
     times = np.array([1.0, 0.75, 0.5, 0.25])  # keras.io: 1 - step / diffusion_steps
     np.testing.assert_allclose(sigmas, np.append(np.tan(START + times * (END - START)), 0.0), rtol=1e-6)
-    np.testing.assert_allclose(model.sigmas(4, "leading")[:-1], np.tan(START + (times - 0.25) * (END - START)), rtol=1e-6)
+    np.testing.assert_allclose(model.process.sigmas(4, "leading")[:-1], np.tan(START + (times - 0.25) * (END - START)), rtol=1e-6)
 
 
 class VarianceSpy(keras.Model):

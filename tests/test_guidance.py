@@ -53,7 +53,7 @@ def test_guided_denoiser_is_the_cfg_combination(prediction_type):
 def test_guidance_scale_one_is_the_conditional_model_for_every_sampler(name):
     model = _model()
     labels = ops.convert_to_tensor([0, 1, 2], "int32")
-    sigmas = karras_sigmas(5, *model.sigma_range)
+    sigmas = karras_sigmas(5, *model.process.sigma_range)
     x = _x(float(sigmas[0]))
 
     def conditional(x, sigma):

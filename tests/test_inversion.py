@@ -51,7 +51,7 @@ def _ideal_ddpm():
     interpolation that `sigma_to_t` inverts.
     """
     schedule = DiscreteVPSchedule("linear")
-    log_sigmas = np.log(schedule.sigmas).astype("float32")
+    log_sigmas = np.log(schedule.train_sigmas).astype("float32")
 
     def predict_eps(inputs):
         x_t, t = inputs

@@ -140,7 +140,7 @@ def test_trajectory_matches_diffusers(name, karras, feed_our_noise):
         beta_start=1e-4, beta_end=0.02, beta_schedule="linear", timestep_spacing=spacing, **options
     )
     model = _model()
-    sigmas = karras_sigmas(num_steps, *model.sigma_range) if karras else model.sigmas(num_steps, spacing)
+    sigmas = karras_sigmas(num_steps, *model.process.sigma_range) if karras else model.process.sigmas(num_steps, spacing)
     x, noise = _start(sigmas[0])
     if class_name in MODULES:
         feed_our_noise(MODULES[class_name], num_steps)
@@ -161,7 +161,7 @@ def test_ddpm_trajectory_matches_diffusers(prediction_type, clip, feed_our_noise
     num_steps = 20
     theirs = diffusers.DDPMScheduler(prediction_type=prediction_type, clip_sample=clip)
     model = _model(prediction_type=prediction_type)
-    sigmas = model.sigmas(num_steps)
+    sigmas = model.process.sigmas(num_steps)
     x, noise = _start(sigmas[0])
     feed_our_noise("scheduling_ddpm", num_steps)
     expected = _run_diffusers(theirs, noise, num_steps)
@@ -181,7 +181,7 @@ def test_ddpm_on_consecutive_timesteps_is_ho_et_al_algorithm_2(feed_our_noise):
     """
     theirs = diffusers.DDPMScheduler(num_train_timesteps=50, beta_start=1e-3, beta_end=0.2, clip_sample=False)
     model = DDPM(_stand_in_network(_keras_fn), DiscreteVPSchedule("linear", 50, 1e-3, 0.2))
-    sigmas = model.sigmas(50)
+    sigmas = model.process.sigmas(50)
     x, noise = _start(sigmas[0])
     feed_our_noise("scheduling_ddpm", 50)
     expected = _run_diffusers(theirs, noise, 50)
@@ -199,7 +199,7 @@ def test_ddim_trajectory_matches_diffusers(prediction_type, clip, eta):
     theirs = diffusers.DDIMScheduler(prediction_type=prediction_type, clip_sample=clip)
     theirs.set_timesteps(num_steps)
     model = _model(prediction_type=prediction_type)
-    sigmas = model.sigmas(num_steps)
+    sigmas = model.process.sigmas(num_steps)
     x, noise = _start(sigmas[0])
     x_t = torch.tensor(noise)
     for t, step_noise_ in zip(theirs.timesteps, _our_noises(num_steps)):
@@ -239,7 +239,7 @@ def test_generate_runs_each_sampler_like_one_uninterrupted_loop(name):
                          verbose=False, return_float=True, clip_sample=False)
     sampler = get_sampler(name)
     options = sampler.resolve({"clip_denoised": False} if name == "ddim" else {})
-    sigmas = karras_sigmas(6, *model.sigma_range)
+    sigmas = karras_sigmas(6, *model.process.sigma_range)
     x = keras.random.normal(SHAPE, seed=keras.random.SeedGenerator(3)) * float(np.sqrt(1 + sigmas[0] ** 2.0))
     seed = keras.random.SeedGenerator((3 * 7919 + 104729) % (2**31 - 1)).next()  # generate's step-noise stream
 

@@ -69,7 +69,7 @@ def test_sigma_schedules_end_in_exactly_one_zero():
     """
     model = _tiny_ddpm()
     for name in ("model", "karras", "exponential"):
-        sigmas = get_sigmas(model, 12, name)
+        sigmas = get_sigmas(model.process, 12, name)
         assert sigmas[-1] == 0.0 and sigmas[-2] > 0.0, name
         assert np.all(np.diff(sigmas) < 0), name
     # The last step of DPM++(2M) returns the denoised image: no noise is left.
@@ -154,12 +154,12 @@ def test_the_seed_reaches_every_step_of_stochastic_samplers(name):
 def test_sigma_to_t_inverts_the_model_schedule_and_interpolates_in_log_sigma():
     model = _tiny_ddpm()
     timesteps = model.schedule.inference_timesteps(25, "trailing")
-    sigmas = model.sigmas(25, "trailing")
-    np.testing.assert_allclose(ops.convert_to_numpy(model.sigma_to_t(sigmas[:-1])), timesteps, atol=2e-3)
+    sigmas = model.process.sigmas(25, "trailing")
+    np.testing.assert_allclose(ops.convert_to_numpy(model.process.sigma_to_t(sigmas[:-1])), timesteps, atol=2e-3)
     # Halfway in log-sigma between timesteps 10 and 11 is t = 10.5.
-    mid = np.sqrt(model.schedule.sigmas[10] * model.schedule.sigmas[11]).astype("float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(model.sigma_to_t(np.array([mid]))), [10.5], atol=1e-3)
-    assert model.sigma_range == (pytest.approx(model.schedule.sigmas[0]), pytest.approx(model.schedule.sigmas[-1]))
+    mid = np.sqrt(model.schedule.train_sigmas[10] * model.schedule.train_sigmas[11]).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(model.process.sigma_to_t(np.array([mid]))), [10.5], atol=1e-3)
+    assert model.process.sigma_range == (pytest.approx(model.schedule.train_sigmas[0]), pytest.approx(model.schedule.train_sigmas[-1]))
 
 
 def test_ddim_steps_between_the_listed_timesteps_for_every_spacing():
@@ -176,7 +176,7 @@ def test_ddim_steps_between_the_listed_timesteps_for_every_spacing():
     abar = model.schedule.alphas_cumprod
     for spacing in ("leading", "trailing", "linspace"):
         timesteps = model.schedule.inference_timesteps(7, spacing)
-        sigmas = model.sigmas(7, spacing)
+        sigmas = model.process.sigmas(7, spacing)
         x_t = np.full((1, 4, 4, 1), 0.3, "float64")
         trajectory = [x_t]
         for t, t_prev in zip(timesteps, list(timesteps[1:]) + [None]):
@@ -193,7 +193,7 @@ def test_ddim_steps_between_the_listed_timesteps_for_every_spacing():
 
 def test_bad_schedules_are_clear_errors():
     with pytest.raises(ValueError, match="Unknown sigma_schedule: 'cosine'. Use one of"):
-        get_sigmas(_tiny_ddpm(), 10, "cosine")
+        get_sigmas(_tiny_ddpm().process, 10, "cosine")
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         karras_sigmas(10, 1.0, 0.5)
     with pytest.raises(ValueError, match="num_steps must be a positive integer"):

@@ -3,5 +3,7 @@
 from keras_diffusion.models.base import DiffusionModel
 from keras_diffusion.models.ddim import DDIM
 from keras_diffusion.models.ddpm import DDPM
+from keras_diffusion.models.edm import EDM
+from keras_diffusion.models.flow import FlowMatching
 
-__all__ = ["DDIM", "DDPM", "DiffusionModel"]
+__all__ = ["DDIM", "DDPM", "DiffusionModel", "EDM", "FlowMatching"]

@@ -1,7 +1,11 @@
 """`DiffusionModel`: what every diffusion `keras.Model` here shares.
 
-A subclass supplies the process (how `t` is drawn and what `alpha(t)`,
-`sigma(t)` are) and the sampling tables. This base does the rest:
+A model is a network, a process (`keras_diffusion.processes`: how `t` is
+drawn, `alpha(t)`, `sigma(t)`, the noise levels, the network's time input,
+the prior), a parameterization (`keras_diffusion.parameterizations`: the
+target and `x0_hat`) and a loss weighting. It asks the process and the
+parameterization every question and answers none itself. This base does the
+rest:
 
 - `call()` draws `t` and noise with `keras.random` and a `SeedGenerator`,
   corrupts the batch and runs the network once; `compute_loss()` compares
@@ -11,14 +15,15 @@ A subclass supplies the process (how `t` is drawn and what `alpha(t)`,
 - `denoise()` turns the network into a k-diffusion denoiser in sigma space
   (`x0_hat` from `x = x_t / alpha` at noise level `sigma`), with
   classifier-free guidance, so every sampler in `keras_diffusion.samplers`
-  works on every model that implements `sigmas`, `sigma_to_t` and
-  `sigma_range`.
+  works on every model.
 - `generate()` runs a sampler's whole loop compiled once per backend
   (`keras_diffusion.compile`), in chunks that drive a progress bar;
   `invert()` runs DDIM backwards (image to noise).
 
-Inputs to `fit()`: a float batch of images in [-1, 1], shape `(N, H, W, C)`,
-or for class-conditional models a dict `{"images": ..., "labels": ...}`.
+Inputs to `fit()`: a float batch of images in [-1, 1], shape `(N, H, W, C)`
+(or any data of shape `(N, *image_shape)`: vectors `(N, D)`, sequences
+`(N, T, C)`), or for class-conditional models a dict
+`{"images": ..., "labels": ...}`.
 """
 
 import math
@@ -31,25 +36,30 @@ from keras import ops
 from keras_diffusion.compile import CompiledLoop
 from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
+from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
 from keras_diffusion.samplers import SAMPLERS
 from keras_diffusion.samplers import get_sampler
 from keras_diffusion.samplers import get_sigmas
 from keras_diffusion.samplers import run_steps
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LOSS_TYPES = ("mse", "mae")
 
 
 class DiffusionModel(keras.Model):
-    """Base class: a denoising network, a prediction type and a loss.
+    """Base class: a denoising network on a process, a prediction type and a loss.
 
     Args:
         network: a Keras model mapping `[x_t, t]` (plus `labels` when
-            `num_classes` is set) to a prediction shaped like `x_t`.
+            `num_classes` is set) to a prediction shaped like `x_t`; `t` is
+            the process's `network_time`.
+        process: a `keras_diffusion.processes.Process`.
         prediction_type: what the network predicts: `"epsilon"` (the
-            noise), `"sample"` (the clean image) or `"v_prediction"`
-            (`alpha * eps - sigma * x0`, Salimans & Ho 2022).
+            noise), `"sample"` (the clean image), `"v_prediction"`
+            (`alpha * eps - sigma * x0`, Salimans & Ho 2022), `"velocity"`
+            (`eps - x0`, rectified flow) or `"edm"` (Karras et al.'s
+            preconditioned output); see `keras_diffusion.parameterizations`.
+            One that does not fit the process is an error.
         loss_type: `"mse"` or `"mae"`.
         min_snr_gamma: if set, weights each example's loss by
             `min(SNR, gamma) / SNR` (expressed for the prediction type), as in
@@ -59,13 +69,21 @@ class DiffusionModel(keras.Model):
             Label `num_classes` is the "no label" of classifier-free guidance.
         label_dropout: during training, the probability of replacing a label
             by the "no label" one, so that guidance works at generation.
-        image_shape: `(H, W, C)`; read from a functional network if omitted.
+        image_shape: the shape of one sample, `(H, W, C)` for images (any
+            shape works); read from a functional network if omitted.
         seed: seed of the training noise and timestep draws.
+
+    Class attributes `default_sampler` and `default_clip_sample` are what
+    `generate()` runs with when not told otherwise.
     """
+
+    default_sampler = "ddpm"
+    default_clip_sample = True
 
     def __init__(
         self,
         network,
+        process,
         prediction_type="epsilon",
         loss_type="mse",
         min_snr_gamma=None,
@@ -76,10 +94,7 @@ class DiffusionModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"Unknown prediction_type: {prediction_type!r}. Use one of {PREDICTION_TYPES}."
-            )
+        self.parameterization = get_parameterization(prediction_type, process)
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"Unknown loss_type: {loss_type!r}. Use one of {LOSS_TYPES}.")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
@@ -90,8 +105,8 @@ class DiffusionModel(keras.Model):
             inputs = getattr(network, "inputs", None)
             if not inputs:
                 raise ValueError(
-                    "Cannot read the image shape from this network. Pass "
-                    "image_shape=(H, W, C) explicitly."
+                    "Cannot read the sample shape from this network. Pass "
+                    "image_shape=(H, W, C) (or the shape of one sample) explicitly."
                 )
             image_shape = tuple(inputs[0].shape[1:])
         num_inputs = len(getattr(network, "inputs", None) or []) or None
@@ -100,6 +115,7 @@ class DiffusionModel(keras.Model):
                 "The network takes class labels; pass num_classes=... to the model."
             )
         self.network = network
+        self.process = process
         self.prediction_type = prediction_type
         self.loss_type = loss_type
         self.min_snr_gamma = min_snr_gamma
@@ -113,78 +129,19 @@ class DiffusionModel(keras.Model):
         # BackupAndRestore load weights before the first batch.
         self.built = True
 
-    # ----------------------------------------------------------------- process
-    def sample_noise_levels(self, batch_size):
-        """Draws training times: returns `(t, alpha, sigma)`, each `(batch,)`."""
-        raise NotImplementedError
-
-    def alpha_sigma(self, t):
-        """Returns `(alpha_t, sigma_t)` tensors of shape `(batch,)` for times `t`."""
-        raise NotImplementedError
-
-    def network_time(self, t):
-        """The network's time input for times `t`, `(batch,)` float32.
-
-        The default passes `t` itself; a subclass whose network is conditioned
-        on something else (the keras.io DDIM's noise variance) overrides it.
-        """
-        return ops.cast(t, "float32")
-
-    # ------------------------------------------------ the noise-level contract
-    # Samplers (`keras_diffusion.samplers`) work in "x0 + sigma * eps" space:
-    # for a variance-preserving process `x_t = alpha * x0 + sigma_vp * eps`,
-    # the sampler's state is `x = x_t / alpha` and its noise level is
-    # `sigma = sigma_vp / alpha` (Karras et al. 2022, "Elucidating the Design
-    # Space of Diffusion-Based Generative Models", sec. 2). A subclass that
-    # implements `sigmas`, `sigma_to_t`, `sigma_range`, `alpha_sigma` and
-    # `network_time` gets every sampler through `denoise`.
-    def sigmas(self, num_steps, timestep_spacing="leading"):
-        """The model's own sampling schedule of noise levels.
-
-        Args:
-            num_steps: the number of denoising steps.
-            timestep_spacing: how the steps are spread over the model's times
-                (for a discrete model: `"leading"`, `"trailing"` or
-                `"linspace"`, as in diffusers).
-
-        Returns:
-            A float32 numpy array of `num_steps + 1` descending noise levels
-            `sigma = sigma_vp / alpha`, ending with 0.
-
-        Example:
-        >>> model.sigmas(4)  # doctest: +SKIP
-        array([ 91.4,   4.5,   1.3,   0.35,   0. ], dtype=float32)
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement sigmas(num_steps, timestep_spacing).")
-
-    def sigma_to_t(self, sigma):
-        """The model times `t` (what `alpha_sigma`/`network_time` take) at noise levels `sigma`.
-
-        Args:
-            sigma: float tensor `(batch,)` of noise levels in sigma space.
-
-        Returns:
-            A float32 tensor `(batch,)`; fractional for a discrete model
-            (interpolated in log-sigma between training timesteps).
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement sigma_to_t(sigma).")
-
-    @property
-    def sigma_range(self):
-        """`(sigma_min, sigma_max)`: the noise levels of the model's first and last training time."""
-        raise NotImplementedError(f"{type(self).__name__} must implement the sigma_range property.")
-
     def denoise(self, x, sigma, labels=None, guidance_scale=None, clip_x0=False):
         """The model's estimate of the clean sample: a k-diffusion style denoiser.
 
-        `x` is in sigma space (`x_t / alpha`). With `alpha = 1 / sqrt(1 + sigma**2)`
-        and `sigma_vp = sigma * alpha`, the network sees `x_t = alpha * x` at
-        time `sigma_to_t(sigma)` (fractional times work), and its output is
-        turned into `x0_hat` according to `prediction_type`. Classifier-free
-        guidance happens here, so every sampler supports it.
+        Samplers (`keras_diffusion.samplers`) work in "x0 + sigma * eps"
+        space (Karras et al. 2022, sec. 2): `x = x_t / alpha` at noise level
+        `sigma = sigma(t) / alpha(t)`. The process gives `alpha` and the time
+        `t` of a noise level (fractional times work); the network sees its
+        parameterization's input (`x_t = alpha * x`, or EDM's `c_in * x`),
+        and the parameterization turns its output into `x0_hat`.
+        Classifier-free guidance happens here, so every sampler supports it.
 
         Args:
-            x: float tensor `(batch, H, W, C)` in sigma space.
+            x: float tensor `(batch, ...)` in sigma space.
             sigma: noise levels, a float or a tensor `(batch,)`; positive.
             labels: int labels `(batch,)`, for a conditional model.
             guidance_scale: classifier-free guidance scale (needs `labels`);
@@ -195,22 +152,18 @@ class DiffusionModel(keras.Model):
             `x0_hat`, float32, shaped like `x`.
 
         Example:
-        >>> x0 = model.denoise(x, model.sigmas(10)[0])  # doctest: +SKIP
+        >>> x0 = model.denoise(x, model.process.sigmas(10)[0])  # doctest: +SKIP
         """
         x = ops.convert_to_tensor(x, "float32")
         sigma = ops.convert_to_tensor(sigma, "float32")
         if len(sigma.shape) == 0:
             sigma = ops.broadcast_to(sigma, (ops.shape(x)[0],))
-        alpha = 1.0 / ops.sqrt(1.0 + ops.square(sigma))
-        a, s, sig = append_dims(alpha, 4), append_dims(sigma * alpha, 4), append_dims(sigma, 4)
-        out = self._network_output(a * x, self.sigma_to_t(sigma), labels, guidance_scale)
-        out = ops.cast(out, "float32")
-        if self.prediction_type == "epsilon":
-            x0 = x - sig * out
-        elif self.prediction_type == "sample":
-            x0 = out
-        else:  # v = alpha * eps - sigma_vp * x0, so x0 = alpha * x_t - sigma_vp * v
-            x0 = ops.square(a) * x - s * out
+        ndim = len(x.shape)
+        a = append_dims(self.process.sigma_to_alpha(sigma), ndim)
+        sig = append_dims(sigma, ndim)
+        network_input = self.parameterization.network_input(a * x, a, a * sig)
+        out = self._network_output(network_input, self.process.sigma_to_t(sigma), labels, guidance_scale)
+        x0 = self.parameterization.x0(ops.cast(out, "float32"), x, sig, a)
         return ops.clip(x0, -1.0, 1.0) if clip_x0 else x0
 
     # ---------------------------------------------------------------- training
@@ -240,7 +193,7 @@ class DiffusionModel(keras.Model):
 
     def _check_images(self, images):
         shape = tuple(images.shape)
-        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
+        if len(shape) != 1 + len(self.image_shape) or tuple(shape[1:]) != self.image_shape:
             raise ValueError(
                 f"Expected images of shape (batch, {', '.join(map(str, self.image_shape))}); "
                 f"received shape {shape}. Resize or pad the data to the network's "
@@ -264,11 +217,13 @@ class DiffusionModel(keras.Model):
         images, labels = self._unpack(inputs)
         images = ops.cast(images, "float32")
         batch = ops.shape(images)[0]
-        t, alpha, sigma = self.sample_noise_levels(batch)
+        t = self.process.sample_t(batch, self.seed_generator)
+        alpha, sigma = self.process.alpha_sigma(t)
         noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
-        a, s = append_dims(alpha, 4), append_dims(sigma, 4)
+        ndim = len(images.shape)
+        a, s = append_dims(alpha, ndim), append_dims(sigma, ndim)
         noisy = a * images + s * noise
-        network_inputs = [noisy, self.network_time(t)]
+        network_inputs = [self.parameterization.network_input(noisy, a, s), self.process.network_time(t)]
         if labels is not None:
             labels = ops.cast(labels, "int32")
             if training and self.label_dropout > 0:
@@ -276,35 +231,25 @@ class DiffusionModel(keras.Model):
                 labels = ops.where(drop, self.num_classes, labels)
             network_inputs.append(labels)
         prediction = self.network(network_inputs, training=training)
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "sample":
-            target = images
-        else:
-            target = a * noise - s * images
         return {
             "prediction": prediction,
-            "target": target,
+            "target": self.parameterization.target(images, noise, noisy, a, s),
             "weight": self._loss_weight(alpha, sigma),
             "alpha": alpha,
             "sigma": sigma,
         }
 
     def _loss_weight(self, alpha, sigma):
+        """1, or with min-SNR: `min(SNR, gamma)` on the error of `x0_hat`, expressed for the output."""
         if self.min_snr_gamma is None:
             return ops.ones_like(alpha)
         snr = ops.square(alpha) / ops.square(sigma)
-        clipped = ops.minimum(snr, self.min_snr_gamma)
-        if self.prediction_type == "epsilon":
-            return clipped / snr
-        if self.prediction_type == "sample":
-            return clipped
-        return clipped / (snr + 1.0)
+        return ops.minimum(snr, self.min_snr_gamma) * ops.square(self.parameterization.output_scale(alpha, sigma))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         error = ops.cast(y_pred["prediction"], "float32") - y_pred["target"]
         error = ops.square(error) if self.loss_type == "mse" else ops.abs(error)
-        per_example = ops.mean(error, axis=(1, 2, 3)) * y_pred["weight"]
+        per_example = ops.mean(error, axis=tuple(range(1, len(error.shape)))) * y_pred["weight"]
         loss = ops.mean(per_example)
         if self.losses:
             loss = loss + ops.sum(self.losses)
@@ -365,7 +310,7 @@ class DiffusionModel(keras.Model):
 
     # -------------------------------------------------------------- generation
     def _network_output(self, x, t, labels=None, guidance_scale=None):
-        t = self.network_time(t)
+        t = self.process.network_time(t)
         if labels is None:
             return self.network([x, t], training=False)
         if guidance_scale is None:
@@ -467,16 +412,16 @@ class DiffusionModel(keras.Model):
     def generate(
         self,
         num_images,
-        sampler="ddpm",
+        sampler=None,
         num_steps=None,
         eta=None,
         seed=None,
         initial_noise=None,
         labels=None,
         guidance_scale=None,
-        timestep_spacing="leading",
+        timestep_spacing=None,
         sigma_schedule="model",
-        clip_sample=True,
+        clip_sample=None,
         use_ema=True,
         verbose=True,
         return_float=False,
@@ -492,28 +437,32 @@ class DiffusionModel(keras.Model):
             num_images: how many images.
             sampler: a name from `keras_diffusion.samplers.SAMPLERS`:
                 `"ddpm"`, `"ddim"`, `"euler"`, `"euler_ancestral"`, `"heun"`,
-                `"dpmpp_2m"`, `"dpmpp_2m_sde"`, `"lms"` or `"unipc"`.
-            num_steps: denoising steps; defaults to all training timesteps for
-                `"ddpm"` and 50 otherwise. `"heun"` evaluates the model
-                `2 * num_steps - 1` times (`samplers.num_model_evaluations`).
+                `"dpmpp_2m"`, `"dpmpp_2m_sde"`, `"lms"` or `"unipc"`; default
+                the model's `default_sampler`.
+            num_steps: denoising steps; default the process's
+                `default_num_steps(sampler)` (for a DDPM all training
+                timesteps with `"ddpm"`, 50 otherwise). `"heun"` evaluates the
+                model `2 * num_steps - 1` times (`samplers.num_model_evaluations`).
             eta: stochasticity of `"ddim"` (default 0, deterministic),
                 `"euler_ancestral"` and `"dpmpp_2m_sde"` (default 1); other
                 samplers take none.
             seed: int; the same seed gives the same images on one backend.
             initial_noise: `(num_images, H, W, C)` standard normal noise used
                 instead of the first draw (compare runs across backends or
-                peers); the sampler starts from it times `sqrt(1 + sigma_max**2)`.
+                peers); the sampler starts from it times the process's
+                `prior_std(sigma_max)` (`sqrt(1 + sigma_max**2)` for VP).
             labels: int class labels, one per image (conditional models).
             guidance_scale: classifier-free guidance scale (1 = conditional).
             timestep_spacing: `"leading"`, `"trailing"` or `"linspace"`, for
-                `sigma_schedule="model"`.
-            sigma_schedule: `"model"` (the model's own `sigmas`), `"karras"`
-                (rho=7) or `"exponential"`, over `sigma_range`.
+                `sigma_schedule="model"`; default the process's.
+            sigma_schedule: `"model"` (the process's own `sigmas`), `"karras"`
+                (rho=7) or `"exponential"`, over the process's `sigma_range`.
             clip_sample: clip the predicted clean sample to [-1, 1] at each
-                model evaluation (on by default, as in diffusers' DDPM/DDIM
-                schedulers: it keeps the first steps from amplifying the
-                model's error). DDIM, like diffusers', clips `x0_hat` but
-                keeps the model's own noise estimate.
+                model evaluation; default the model's `default_clip_sample`
+                (on for DDPM, as in diffusers' DDPM/DDIM schedulers: it keeps
+                the first steps from amplifying the model's error). DDIM,
+                like diffusers', clips `x0_hat` but keeps the model's own
+                noise estimate.
             use_ema: sample with the optimizer's EMA weights when it keeps them.
             verbose: show a progress bar.
             return_float: return float32 images in [-1, 1] instead of uint8.
@@ -527,12 +476,14 @@ class DiffusionModel(keras.Model):
         >>> images = model.generate(16, sampler="dpmpp_2m", num_steps=20,
         ...                         sigma_schedule="karras", seed=0)  # doctest: +SKIP
         """
+        sampler = self.default_sampler if sampler is None else sampler
+        clip_sample = self.default_clip_sample if clip_sample is None else clip_sample
         spec = get_sampler(sampler)
         labels = self._check_generate_args(num_images, labels, guidance_scale, initial_noise)
         options, clip_x0 = self._sampler_options(spec, eta, clip_sample, sampler_options)
         if num_steps is None:
-            num_steps = self.default_num_steps(sampler)
-        sigmas = get_sigmas(self, num_steps, sigma_schedule, timestep_spacing)
+            num_steps = self.process.default_num_steps(sampler)
+        sigmas = get_sigmas(self.process, num_steps, sigma_schedule, timestep_spacing)
         if seed is None:
             seed = secrets.randbelow(2**31 - 1)
         if initial_noise is None:
@@ -540,7 +491,7 @@ class DiffusionModel(keras.Model):
             noise = keras.random.normal(shape, seed=keras.random.SeedGenerator(seed))
         else:
             noise = ops.convert_to_tensor(np.asarray(initial_noise, "float32"))
-        x = noise * float(np.sqrt(1.0 + np.float64(sigmas[0]) ** 2))
+        x = noise * self.process.prior_std(sigmas[0])
         x = self._run_sampler(x, sigmas, spec, options, clip_x0, labels, guidance_scale, seed, use_ema, verbose)
         x = ops.convert_to_numpy(x)
         return x.astype("float32") if return_float else to_uint8(x)
@@ -549,7 +500,7 @@ class DiffusionModel(keras.Model):
         self,
         images,
         num_steps=50,
-        timestep_spacing="leading",
+        timestep_spacing=None,
         sigma_schedule="model",
         labels=None,
         guidance_scale=None,
@@ -591,17 +542,13 @@ class DiffusionModel(keras.Model):
         images = np.asarray(images, "float32")
         self._check_images(images)
         labels = self._check_generate_args(len(images), labels, guidance_scale, None)
-        sigmas = get_sigmas(self, num_steps, sigma_schedule, timestep_spacing)
+        sigmas = get_sigmas(self.process, num_steps, sigma_schedule, timestep_spacing)
         options, _ = self._sampler_options(get_sampler("ddim"), 0.0, False, None)
         x = self._run_sampler(
             ops.convert_to_tensor(images), np.flip(sigmas[:-1]).copy(), get_sampler("ddim"), options, False,
             labels, guidance_scale, 0, use_ema, verbose,
         )
-        return ops.convert_to_numpy(x) / float(np.sqrt(1.0 + np.float64(sigmas[0]) ** 2))
-
-    def default_num_steps(self, sampler):
-        """The number of steps `generate` takes when `num_steps` is None."""
-        raise NotImplementedError
+        return ops.convert_to_numpy(x) / self.process.prior_std(sigmas[0])
 
     def _ema_weights(self, use_ema):
         return _EMASwap(self, use_ema)
@@ -612,6 +559,7 @@ class DiffusionModel(keras.Model):
         config.update(
             {
                 "network": keras.saving.serialize_keras_object(self.network),
+                "process": keras.saving.serialize_keras_object(self.process),
                 "prediction_type": self.prediction_type,
                 "loss_type": self.loss_type,
                 "min_snr_gamma": self.min_snr_gamma,
@@ -627,6 +575,8 @@ class DiffusionModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        if "process" in config:
+            config["process"] = keras.saving.deserialize_keras_object(config["process"])
         return cls(**config)
 
 

@@ -84,6 +84,9 @@ class DDIM(DiffusionModel):
     (2, 16, 16, 3)
     """
 
+    default_sampler = "ddim"
+    default_clip_sample = False
+
     def __init__(
         self,
         network,
@@ -95,7 +98,10 @@ class DDIM(DiffusionModel):
         prediction_type="epsilon",
         **kwargs,
     ):
-        super().__init__(network, loss_type=loss_type, prediction_type=prediction_type, **kwargs)
+        super().__init__(
+            network, schedule if schedule is not None else ContinuousCosineSchedule(),
+            loss_type=loss_type, prediction_type=prediction_type, **kwargs,
+        )
         for name, value in (("kid_diffusion_steps", kid_diffusion_steps), ("num_steps", num_steps)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
@@ -104,7 +110,6 @@ class DDIM(DiffusionModel):
                 "DDIM is unconditional, as in the keras.io example. For class "
                 "labels and guidance use keras_diffusion.DDPM(..., num_classes=...)."
             )
-        self.schedule = schedule if schedule is not None else ContinuousCosineSchedule()
         self.kid_diffusion_steps = int(kid_diffusion_steps)
         self.num_steps = int(num_steps)
         self.normalizer = keras.layers.Normalization(axis=-1, name="normalizer")
@@ -120,44 +125,10 @@ class DDIM(DiffusionModel):
 
             self.kid = KID(feature_extractor=kid_feature_extractor, name="kid")
 
-    # ----------------------------------------------------------------- process
-    def sample_noise_levels(self, batch_size):
-        t = keras.random.uniform((batch_size,), seed=self.seed_generator)
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        return t, alpha, sigma
-
-    def alpha_sigma(self, t):
-        return self.schedule.alpha_sigma(t)
-
-    def network_time(self, t):
-        """The noise variance `sigma(t)**2`: what the keras.io network is conditioned on."""
-        _, sigma = self.schedule.alpha_sigma(t)
-        return ops.square(sigma)
-
-    def sigmas(self, num_steps, timestep_spacing="trailing"):
-        """Noise levels `tan(angle(t))` at the sampling times, then 0.
-
-        Args:
-            num_steps: denoising steps.
-            timestep_spacing: `"trailing"` (keras.io: `t = 1, 1 - 1/n, ...,
-                1/n`), `"leading"` or `"linspace"`; see
-                `ContinuousCosineSchedule.inference_times`.
-
-        Returns:
-            float32 numpy `(num_steps + 1,)`, descending, last entry 0.
-        """
-        return self.schedule.sigmas(num_steps, timestep_spacing)
-
-    def sigma_to_t(self, sigma):
-        """Exact inverse of the schedule: `t = (arctan(sigma) - start) / (end - start)`."""
-        return self.schedule.sigma_to_t(sigma)
-
     @property
-    def sigma_range(self):
-        return self.schedule.sigma_range
-
-    def default_num_steps(self, sampler):
-        return self.num_steps
+    def schedule(self):
+        """The `ContinuousCosineSchedule` (the model's process), under its keras.io-era name."""
+        return self.process
 
     # ----------------------------------------------------------- normalization
     def adapt(self, data):
@@ -212,10 +183,10 @@ class DDIM(DiffusionModel):
         return outputs
 
     def _generate_for_kid(self, batch):
-        sigmas = self.sigmas(self.kid_diffusion_steps)
+        sigmas = self.process.sigmas(self.kid_diffusion_steps)
         noise = keras.random.normal((batch,) + self.image_shape, seed=self.seed_generator)
         # keras.io starts from unit-variance noise in x_t space: x_t / alpha in sigma space.
-        x = noise * float(np.sqrt(1.0 + sigmas[0] ** 2))
+        x = noise * self.process.prior_std(sigmas[0])
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             x0 = self.denoise(x, float(sigma))
             x = x0 + (float(sigma_next) / float(sigma)) * (x - x0)
@@ -225,15 +196,9 @@ class DDIM(DiffusionModel):
         """Updates `noise_loss`, `image_loss` and (when evaluating) `kid`; returns the logs."""
         prediction = ops.cast(y_pred["prediction"], "float32")
         error = y_pred["target"] - prediction
-        # x0_hat - x0 in terms of the prediction error, for each parameterization.
-        alpha, sigma = y_pred["alpha"], y_pred["sigma"]
-        if self.prediction_type == "epsilon":
-            scale = sigma / alpha
-        elif self.prediction_type == "sample":
-            scale = ops.ones_like(sigma)
-        else:
-            scale = sigma
-        image_error = append_dims(scale, 4) * error
+        # x0_hat - x0 in terms of the prediction error.
+        scale = self.parameterization.output_scale(y_pred["alpha"], y_pred["sigma"])
+        image_error = append_dims(scale, len(error.shape)) * error
         distance = ops.abs if self.loss_type == "mae" else ops.square
         self.noise_loss_tracker.update_state(ops.mean(distance(error)))
         self.image_loss_tracker.update_state(ops.mean(distance(image_error)))
@@ -249,27 +214,25 @@ class DDIM(DiffusionModel):
         return logs
 
     # -------------------------------------------------------------- generation
-    def generate(self, num_images, sampler="ddim", num_steps=None, timestep_spacing="trailing",
-                 clip_sample=False, return_float=False, **kwargs):
+    def generate(self, num_images, sampler=None, num_steps=None, return_float=False, **kwargs):
         """Generates images: deterministic DDIM with `num_steps` (20) steps by default.
 
         Arguments are those of `DiffusionModel.generate`; the defaults follow
         keras.io: `sampler="ddim"`, `eta=0`, `"trailing"` times (1 down to
-        1/n), no clipping of the normalized clean-image estimate. The result is
-        denormalized and clipped to the image range.
+        1/n, the schedule's default), no clipping of the normalized
+        clean-image estimate. The result is denormalized and clipped to the
+        image range.
 
         Returns:
             uint8 numpy images `(num_images, H, W, C)`, or float32 in [-1, 1]
             with `return_float=True`.
         """
-        x = super().generate(
-            num_images, sampler=sampler, num_steps=num_steps, timestep_spacing=timestep_spacing,
-            clip_sample=clip_sample, return_float=True, **kwargs,
-        )
+        num_steps = self.num_steps if num_steps is None else num_steps
+        x = super().generate(num_images, sampler=sampler, num_steps=num_steps, return_float=True, **kwargs)
         x = ops.convert_to_numpy(self.denormalize(x))
         return x.astype("float32") if return_float else to_uint8(x)
 
-    def invert(self, images, num_steps=None, timestep_spacing="trailing", **kwargs):
+    def invert(self, images, num_steps=None, **kwargs):
         """DDIM inversion of images in [-1, 1]: `DiffusionModel.invert` in the normalized space.
 
         `generate(len(images), initial_noise=noise, num_steps=num_steps)` with
@@ -283,16 +246,17 @@ class DDIM(DiffusionModel):
         self._check_images(images)
         normalized = ops.convert_to_numpy(self.normalize(images))
         num_steps = self.num_steps if num_steps is None else num_steps
-        return super().invert(normalized, num_steps=num_steps, timestep_spacing=timestep_spacing, **kwargs)
+        return super().invert(normalized, num_steps=num_steps, **kwargs)
 
     # ------------------------------------------------------------ serialization
     def get_config(self):
         config = super().get_config()
-        config.pop("num_classes", None)
-        config.pop("label_dropout", None)
+        for key in ("num_classes", "label_dropout", "process"):
+            config.pop(key, None)
         config.update(
             {
-                "schedule": self.schedule.get_config(),
+                # The schedule's own config under "schedule": the format files have had since the first release.
+                "schedule": self.process.get_config(),
                 "kid_feature_extractor": self._kid_extractor_name,
                 "kid_diffusion_steps": self.kid_diffusion_steps,
                 "num_steps": self.num_steps,

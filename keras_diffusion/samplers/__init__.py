@@ -158,7 +158,7 @@ def sample(name, denoiser, x, sigmas, *, seed=None, callback=None, **options):
         name: a sampler name (`SAMPLERS`).
         denoiser: `denoiser(x, sigma) -> x0_hat`, `sigma` of shape `(batch,)`.
         x: float samples at noise level `sigmas[0]` (sigma space).
-        sigmas: noise levels, e.g. `karras_sigmas(...)` or `model.sigmas(...)`.
+        sigmas: noise levels, e.g. `karras_sigmas(...)` or `model.process.sigmas(...)`.
         seed: int seed of the per-step noise of stochastic samplers; the
             same seed gives the same result on one backend.
         callback: called after every step as `callback({"i", "x", "sigma",

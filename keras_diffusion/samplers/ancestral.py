@@ -39,5 +39,7 @@ def ancestral_step(denoiser, x, state, i, sigmas, noise, eta=1.0, s_noise=1.0, c
     if eta == 0:
         return denoised + sigma_next * eps, state
     sigma_up = ops.minimum(sigma_next, eta * sigma_next * ops.sqrt(ops.square(sigma) - ops.square(sigma_next)) / sigma)
-    sigma_down = ops.sqrt(ops.square(sigma_next) - ops.square(sigma_up))
+    # Clamped: when sigma_up == sigma_next, XLA's fused multiply-add can leave a tiny negative
+    # difference, whose square root is NaN (seen on JAX and TF with sigma = 2e4, cosine betas).
+    sigma_down = ops.sqrt(ops.maximum(ops.square(sigma_next) - ops.square(sigma_up), 0.0))
     return denoised + sigma_down * eps + s_noise * sigma_up * noise(), state

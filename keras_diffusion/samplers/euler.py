@@ -22,7 +22,9 @@ def _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise):
     in_range = ops.logical_and(sigma >= s_tmin, sigma <= s_tmax)
     gamma = ops.where(in_range, min(s_churn / num_steps, math.sqrt(2.0) - 1.0), 0.0)
     sigma_hat = sigma * (1.0 + gamma)
-    x = x + s_noise * ops.sqrt(ops.square(sigma_hat) - ops.square(sigma)) * noise()
+    # Clamped: with gamma = 0 (sigma outside [s_tmin, s_tmax]) XLA's fused multiply-add can leave
+    # a tiny negative difference, whose square root is NaN (seen on JAX).
+    x = x + s_noise * ops.sqrt(ops.maximum(ops.square(sigma_hat) - ops.square(sigma), 0.0)) * noise()
     return x, sigma_hat
 
 

@@ -57,26 +57,30 @@ def exponential_sigmas(num_steps, sigma_min, sigma_max):
     return np.append(sigmas, 0.0).astype("float32")
 
 
-def get_sigmas(model, num_steps, schedule="model", timestep_spacing="leading"):
-    """A model's sampling noise levels under a named schedule.
+def get_sigmas(process, num_steps, schedule="model", timestep_spacing=None):
+    """A process's sampling noise levels under a named schedule.
 
     Args:
-        model: a `DiffusionModel` (it supplies `sigmas()` and `sigma_range`).
+        process: a `keras_diffusion.processes.Process` (a model's is
+            `model.process`); it supplies `sigmas()` and `sigma_range`.
         num_steps: the number of steps.
-        schedule: `"model"` (the model's own, `model.sigmas`), `"karras"`
-            or `"exponential"` (both over `model.sigma_range`).
-        timestep_spacing: passed to `model.sigmas` for `"model"`.
+        schedule: `"model"` (the process's own, `process.sigmas`), `"karras"`
+            or `"exponential"` (both over `process.sigma_range`).
+        timestep_spacing: passed to `process.sigmas` for `"model"` (None: the
+            process's default).
 
     Returns:
         float32 numpy `(num_steps + 1,)`, descending, ending with 0.
 
     Example:
-    >>> sigmas = get_sigmas(model, 20, "karras")  # doctest: +SKIP
+    >>> from keras_diffusion.processes import DiscreteVPSchedule
+    >>> [round(float(s), 2) for s in get_sigmas(DiscreteVPSchedule(), 3, "exponential")]
+    [157.41, 1.26, 0.01, 0.0]
     """
     if schedule == "model":
-        return np.asarray(model.sigmas(num_steps, timestep_spacing), "float32")
+        return np.asarray(process.sigmas(num_steps, timestep_spacing), "float32")
     if schedule == "karras":
-        return karras_sigmas(num_steps, *model.sigma_range)
+        return karras_sigmas(num_steps, *process.sigma_range)
     if schedule == "exponential":
-        return exponential_sigmas(num_steps, *model.sigma_range)
+        return exponential_sigmas(num_steps, *process.sigma_range)
     raise ValueError(f"Unknown sigma_schedule: {schedule!r}. Use one of {SIGMA_SCHEDULES}.")

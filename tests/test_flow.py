@@ -1,0 +1,183 @@
+"""FlowMatching: analytic oracles, every sampler, training, guidance, saving, errors; on the current backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_diffusion import FlowMatching
+from keras_diffusion.processes import DiscreteVPSchedule
+from keras_diffusion.processes import RectifiedFlow
+from keras_diffusion.samplers import SAMPLERS
+from oracles import MU
+from oracles import S
+from oracles import ExactVelocity
+from oracles import exact_denoiser
+from oracles import exact_flow_map
+from oracles import exact_velocity
+from oracles import mlp
+from oracles import stand_in
+
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc")
+
+
+def exact_model(shift=1.0):
+    return FlowMatching(stand_in(ExactVelocity()), RectifiedFlow(shift=shift), seed=0)
+
+
+def test_denoise_is_the_exact_posterior_mean_in_sigma_space():
+    model = exact_model()
+    x = np.random.default_rng(0).normal(size=(5, 2)).astype("float32") * 3
+    for sigma in (0.05, 1.0, 30.0):
+        got = keras.ops.convert_to_numpy(model.denoise(x, sigma))
+        np.testing.assert_allclose(got, exact_denoiser(x, sigma), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_on_the_flow_ode_lands_on_the_exact_flow_map(shift):
+    model = exact_model(shift)
+    noise = np.random.default_rng(1).normal(size=(64, 2)).astype("float32")
+    times = model.process.shift_time(np.linspace(model.process.t_max, 0.0, 51))
+    # Euler in sampler space is exactly Euler on dz/dt = v(z, t), started from z = eps at t_max.
+    z = noise.astype("float64")
+    for t, t_next in zip(times[:-1], times[1:]):
+        z = z + (t_next - t) * exact_velocity(z, t)
+    got = model.generate(64, num_steps=50, initial_noise=noise, verbose=False, return_float=True)
+    np.testing.assert_allclose(got, z, atol=2e-4)
+    # And it converges to the exact flow map, mu + s / S_t (z_t - m_t), at first order.
+    t_max = times[0]
+    exact = MU + S / np.sqrt((1 - t_max) ** 2 * S**2 + t_max**2) * (noise - (1 - t_max) * MU)
+    errors = [
+        np.abs(model.generate(64, num_steps=n, initial_noise=noise, verbose=False, return_float=True) - exact).max()
+        for n in (100, 200)
+    ]
+    assert errors[1] < 0.6 * errors[0] and errors[1] < (0.015 if shift == 1.0 else 0.03)
+
+
+def test_the_velocity_oracle_is_the_derivative_of_the_flow_map():
+    z0, t, dt = np.linspace(-2, 2, 5), 0.4, 1e-4
+    def flow(t):
+        return (1 - t) * MU + np.sqrt((1 - t) ** 2 * S**2 + t**2) / S * (z0 - MU)
+    np.testing.assert_allclose((flow(t + dt) - flow(t - dt)) / (2 * dt), exact_velocity(flow(t), t), atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_works_on_a_flow(sampler):
+    model = exact_model()
+    n = 512 if sampler in DETERMINISTIC else 4096
+    noise = np.random.default_rng(2).normal(size=(n, 2)).astype("float32")
+    kwargs = dict(sampler=sampler, num_steps=200, initial_noise=noise, verbose=False, return_float=True, seed=0)
+    got = model.generate(n, **kwargs)
+    sigma_max = model.process.sigmas(200)[0]
+    if sampler in DETERMINISTIC:  # first-order samplers (ddim, euler) are within 0.02 at 200 steps
+        exact = exact_flow_map(noise * model.process.prior_std(sigma_max), sigma_max)
+        np.testing.assert_allclose(got, exact, atol=0.02 if sampler in ("ddim", "euler") else 0.005)
+    else:  # stochastic: the samples' distribution is the data's
+        assert abs(got.mean() - MU) < 0.03
+        assert abs(got.std() - S) < 0.03
+
+
+def test_samples_match_the_data_mean_and_std():
+    got = exact_model().generate(4096, num_steps=100, seed=3, verbose=False, return_float=True)
+    assert abs(got.mean() - MU) < 0.03 and abs(got.std() - S) < 0.03
+
+
+def _data(n=256, seed=0):
+    return np.random.default_rng(seed).normal(MU, S, (n, 2)).astype("float32")
+
+
+@pytest.mark.parametrize("time_sampling", ["logit_normal", "uniform", "mode"])
+def test_fit_trains_with_every_time_sampling(time_sampling):
+    model = FlowMatching(mlp(), time_sampling=time_sampling, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(_data(), epochs=3, batch_size=64, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert model.time_sampling == time_sampling
+
+
+def test_sequences_train_and_sample():
+    model = FlowMatching(mlp(shape=(4, 3)), seed=0)
+    model.compile()
+    model.fit(np.random.default_rng(0).normal(size=(32, 4, 3)).astype("float32"), epochs=1, batch_size=16, verbose=0)
+    assert model.generate(2, num_steps=3, seed=0, verbose=False, return_float=True).shape == (2, 4, 3)
+
+
+def test_class_conditioning_and_guidance():
+    model = FlowMatching(mlp(num_classes=2), num_classes=2, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    labels = np.arange(256) % 2
+    data = _data() + 2.0 * labels[:, None].astype("float32")
+    model.fit({"images": data, "labels": labels}, epochs=10, batch_size=64, verbose=0)
+    noise = np.random.default_rng(0).normal(size=(256, 2)).astype("float32")
+    kwargs = dict(num_steps=10, initial_noise=noise, verbose=False, return_float=True)
+    zeros, ones = (model.generate(256, labels=np.full(256, k), guidance_scale=2.0, **kwargs) for k in (0, 1))
+    assert ones.mean() - zeros.mean() > 1.0  # the classes are 2 apart
+    plain = model.generate(256, labels=np.full(256, 1), **kwargs)
+    np.testing.assert_allclose(model.generate(256, labels=np.full(256, 1), guidance_scale=1.0, **kwargs), plain,
+                               atol=1e-5)
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = FlowMatching(mlp(), RectifiedFlow(shift=2.0, time_sampling="mode"), seed=0)
+    model.compile()
+    model.fit(_data(32), epochs=1, batch_size=16, verbose=0)
+    path = str(tmp_path / "flow.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, FlowMatching) and loaded.process.get_config() == model.process.get_config()
+    kwargs = dict(num_steps=5, seed=1, verbose=False, return_float=True)
+    np.testing.assert_allclose(loaded.generate(3, **kwargs), model.generate(3, **kwargs), atol=1e-6)
+
+
+def test_defaults_come_from_the_model():
+    model = exact_model()
+    assert model.default_sampler == "euler" and model.prediction_type == "velocity"
+    # Not clipped to [-1, 1]: data far outside it come back intact.
+    far = FlowMatching(stand_in(_ShiftedVelocity()), seed=0)
+    assert far.generate(64, num_steps=20, seed=0, verbose=False, return_float=True).mean() > 2.5
+
+
+class _ShiftedVelocity(ExactVelocity):
+    """The exact velocity for N(MU + 3, S^2) data."""
+
+    def call(self, inputs):
+        z, t = inputs
+        t = keras.ops.reshape(t, (-1, 1))
+        return exact_velocity(z, t, mu=MU + 3.0)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="Unknown time_sampling: 'beta'"):
+        FlowMatching(mlp(), time_sampling="beta")
+    with pytest.raises(ValueError, match="Unknown time_sampling"):
+        RectifiedFlow(time_sampling="lognormal")
+    with pytest.raises(ValueError, match="shift must be positive.*shift=0"):
+        RectifiedFlow(shift=0)
+    with pytest.raises(ValueError, match="shift must be positive"):
+        RectifiedFlow(shift=-1.0)
+    with pytest.raises(ValueError, match="Pass it once"):
+        FlowMatching(mlp(), RectifiedFlow(time_sampling="uniform"), time_sampling="mode")
+    with pytest.raises(ValueError, match="'v_prediction' does not fit RectifiedFlow.*'velocity'"):
+        FlowMatching(mlp(), prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="'velocity' does not fit DiscreteVPSchedule"):
+        FlowMatching(mlp(), DiscreteVPSchedule())
+    with pytest.raises(ValueError, match="'linspace'"):
+        exact_model().generate(2, timestep_spacing="leading", verbose=False)
+
+
+@pytest.mark.slow  # about a minute of training on 2 CPU cores
+def test_flow_matching_learns_a_gaussian_mixture():
+    rng = np.random.default_rng(0)
+    centers = np.array([[-1.0, -1.0], [1.0, 1.0]], "float32")
+    data = (centers[rng.integers(0, 2, 4096)] + 0.1 * rng.normal(size=(4096, 2))).astype("float32")
+    model = FlowMatching(mlp(width=128), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(data, epochs=30, batch_size=256, verbose=0)
+    samples = model.generate(2000, num_steps=50, seed=0, verbose=False, return_float=True)
+    right = samples[:, 0] > 0
+    assert abs(right.mean() - 0.5) < 0.05
+    for mask, center in ((right, centers[1]), (~right, centers[0])):
+        np.testing.assert_allclose(samples[mask].mean(0), center, atol=0.05)
+        cov = np.cov(samples[mask].T)
+        np.testing.assert_allclose(np.diag(cov), 0.01, rtol=0.6)
+        assert abs(cov[0, 1]) < 0.01
