@@ -40,7 +40,7 @@ SETTINGS = {
     "full": (1e-3, 30),
     "lora": (1e-2, 60),
     "dreambooth": (1e-2, 60),
-    "textual-inversion": (1e-1, 60),
+    "textual-inversion": (1e-1, 150),
 }
 LORA_RANK = 8
 BASE_EPOCHS = 100
