@@ -331,6 +331,7 @@ class FlowMatchingTrainer(keras.Model):
         return context, pooled
 
     def _loss_weight(self, sigma):
+        sigma = ops.convert_to_tensor(sigma, "float32")
         if self.weighting_scheme == "sigma_sqrt":
             return 1.0 / ops.square(ops.maximum(sigma, self.min_sigma))
         if self.weighting_scheme == "cosmap":
