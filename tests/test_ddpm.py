@@ -287,3 +287,23 @@ def test_bad_generate_arguments_get_clear_errors():
         conditional.generate(2, guidance_scale=2.0)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
         conditional.generate(2, labels=[0, 5])
+
+
+def test_the_readme_low_level_heun_recipe_equals_generate():
+    """README's recipe (prior_std, clip_x0=True) gives what generate(sampler="heun", "karras") gives."""
+    import functools
+
+    from keras_diffusion import samplers
+
+    model = tiny_model(tiny_unet())
+    noise = np.random.default_rng(4).normal(size=(3,) + SHAPE).astype("float32")
+    sigmas = samplers.karras_sigmas(6, *model.process.sigma_range)
+    x = noise * model.process.prior_std(sigmas[0])
+    recipe = samplers.sample_heun(functools.partial(model.denoise, clip_x0=True), x, sigmas)
+    generated = model.generate(
+        3, sampler="heun", num_steps=6, sigma_schedule="karras", initial_noise=noise,
+        verbose=False, return_float=True,
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(recipe), generated, atol=2e-5)
+    unclipped = samplers.sample_heun(model.denoise, x, sigmas)
+    assert not np.allclose(keras.ops.convert_to_numpy(unclipped), generated, atol=1e-3)
