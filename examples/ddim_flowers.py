@@ -50,6 +50,10 @@ def main():
     parser.add_argument("--kid-steps", type=int, default=5, help="DDIM steps of the KID images (keras.io: 5)")
     parser.add_argument("--plot-steps", type=int, default=20, help="DDIM steps of the shown images (keras.io: 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-optimizer-state", action="store_true",
+        help="save model.keras without the optimizer and EMA state (a quarter of the size; samples, cannot resume)",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -104,7 +108,7 @@ def main():
         train_batches, epochs=args.epochs, validation_data=validation_batches, callbacks=callbacks, verbose=2
     )
     seconds = save_run(
-        args.out, model, timer, history, data=source, epochs=args.epochs,
+        args.out, model, timer, history, include_optimizer=not args.no_optimizer_state, data=source, epochs=args.epochs,
         train_images_per_epoch=len(train_batches) * args.batch_size,
     )
     samples = model.generate(18, num_steps=args.plot_steps, seed=args.seed)

@@ -40,6 +40,10 @@ def main():
     parser.add_argument("--sample-steps", type=int, default=1000, help="ancestral steps per grid (keras.io: 1000)")
     parser.add_argument("--grid-every", type=int, default=1, help="write a grid every N epochs (keras.io: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-optimizer-state", action="store_true",
+        help="save model.keras without the optimizer and EMA state (a quarter of the size; samples, cannot resume)",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -68,7 +72,7 @@ def main():
     # The timer comes first, so that its epoch time leaves out the sample grid.
     history = model.fit(batches, epochs=args.epochs, callbacks=[timer, grids], verbose=2)
     seconds = save_run(
-        args.out, model, timer, history, data=source, epochs=args.epochs,
+        args.out, model, timer, history, include_optimizer=not args.no_optimizer_state, data=source, epochs=args.epochs,
         train_images_per_epoch=len(batches) * args.batch_size, sample_steps=args.sample_steps,
     )
     samples = model.generate(16, sampler="ddpm", num_steps=args.sample_steps, seed=args.seed)

@@ -17,6 +17,7 @@ import keras
 
 from keras_diffusion.datasets import DatasetUnavailableError
 from keras_diffusion.datasets import load_image_folder
+from keras_diffusion.files import save_model
 from keras_diffusion.files import write_json
 from keras_diffusion.images import to_model_range
 
@@ -144,8 +145,12 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def save_run(out, model, timer, history, **log):
+def save_run(out, model, timer, history, include_optimizer=True, **log):
     """Saves `OUT/model.keras` and `OUT/log.json` (backend, seconds per epoch, history, `log`).
+
+    `include_optimizer=False` leaves the optimizer's state (Adam's moments and
+    the EMA) out of `model.keras`: about a quarter of the size, enough to
+    sample, not to resume (`keras_diffusion.files.save_model`).
 
     Returns:
         The seconds per epoch, rounded to 0.1 s, as written to the log.
@@ -153,7 +158,8 @@ def save_run(out, model, timer, history, **log):
     Example:
         >>> seconds = save_run(args.out, model, timer, history, epochs=args.epochs)  # doctest: +SKIP
     """
-    model.save(os.path.join(out, "model.keras"))
+    path = save_model(model, os.path.join(out, "model.keras"), include_optimizer=include_optimizer)
+    print(f"Wrote {path} ({os.path.getsize(path) / 2**20:.1f} MB" + ("" if include_optimizer else ", no optimizer state") + ")")
     seconds = [round(s, 1) for s in timer.seconds]
     write_json(
         os.path.join(out, "log.json"),

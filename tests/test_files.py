@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from keras_diffusion.files import replace_atomically
@@ -46,3 +47,22 @@ def test_missing_folder_and_folder_destination_are_clear_errors(tmp_path):
         write_json(tmp_path / "missing" / "log.json", {})
     with pytest.raises(IsADirectoryError, match="existing folder"):
         write_json(tmp_path, {})
+
+
+def test_save_model_without_optimizer_is_smaller_and_denoises_the_same(tmp_path):
+    import keras
+
+    from keras_diffusion.files import save_model
+    from tests.test_ddpm import tiny_model
+
+    model = tiny_model()
+    model.optimizer.build(model.trainable_variables)  # the state a fit() leaves, without the fit
+    full = save_model(model, str(tmp_path / "full.keras"))
+    light = save_model(model, str(tmp_path / "light.keras"), include_optimizer=False)
+    assert os.path.getsize(light) < 0.7 * os.path.getsize(full)
+    loaded = keras.saving.load_model(light)
+    assert getattr(loaded, "optimizer", None) is None
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.denoise(x, 3.0)), keras.ops.convert_to_numpy(model.denoise(x, 3.0))
+    )
