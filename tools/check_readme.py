@@ -182,6 +182,21 @@ def measure_tiny_lora_diffusers_mlp():
     return lora_parameter_counts(_tiny_sd3(), 4, include_mlp=True)["diffusers"]
 
 
+def measure_conditional_grid_agreement():
+    """Percent of the committed conditional-MNIST grid's digits the classifier reads as their row's digit."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    from keras_diffusion.metrics import mnist_classifier_probabilities
+
+    grid = np.asarray(Image.open(os.path.join(ROOT, "docs", "conditional_mnist16_digits.png")))
+    step = 16 + 2  # make_grid's cells: 16x16 digits, 2 pixels of padding
+    cells = np.stack([grid[2 + r * step : 2 + r * step + 16, 2 + c * step : 2 + c * step + 16] for r in range(10) for c in range(10)])
+    read = keras.ops.convert_to_numpy(mnist_classifier_probabilities()(cells[..., None])).argmax(-1)
+    return 100.0 * float((read == np.repeat(np.arange(10), 10)).mean())
+
+
 MEASURES = {name[len("measure_"):]: fn for name, fn in dict(globals()).items() if name.startswith("measure_")}
 
 
