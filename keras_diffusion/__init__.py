@@ -1,7 +1,8 @@
 """keras-diffusion: backend-agnostic diffusion models for Keras 3.
 
 Importing the package registers every serializable class, so
-`keras.saving.load_model("m.keras")` works after `import keras_diffusion`.
+`keras.saving.load_model("m.keras")` works after `import keras_diffusion`;
+`keras_diffusion.load_model("m.keras")` also says what is wrong with a bad file.
 Choose the backend first (`KERAS_BACKEND=jax|tensorflow|torch`); the CLI's
 `--backend` flag does it for you.
 
@@ -21,6 +22,7 @@ from keras_diffusion import networks
 from keras_diffusion import parameterizations
 from keras_diffusion import processes
 from keras_diffusion import samplers
+from keras_diffusion.files import load_model
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
@@ -46,6 +48,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "images",
+    "load_model",
     "metrics",
     "models",
     "networks",

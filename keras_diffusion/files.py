@@ -119,3 +119,46 @@ def save_model(model, path, include_optimizer=True):
         copy.set_weights(model.get_weights())
         model = copy
     return replace_atomically(path, model.save)
+
+
+def load_model(path):
+    """Loads a `.keras` file written by this package, with errors that name the problem.
+
+    `keras.saving.load_model` works too once `keras_diffusion` is imported
+    (importing it registers the classes). This also tells apart a missing
+    file, a file that is not a `.keras` archive (truncated or corrupt), and
+    a model whose classes are not registered.
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        The model, compiled with its saved optimizer if it had one.
+
+    Example:
+    >>> model = load_model("runs/mnist/model.keras")  # doctest: +SKIP
+    """
+    import zipfile
+
+    import keras
+
+    import keras_diffusion  # noqa: F401  (registers every class a saved model may name)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file {path!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} exists but is not a valid .keras archive (a zip file): it is truncated "
+            "or corrupt. Save the model again, or use another copy."
+        )
+    try:
+        return keras.saving.load_model(path)
+    except TypeError as error:
+        if "Could not locate" not in str(error):
+            raise
+        raise TypeError(
+            f"{path!r} names a class that is not registered: {str(error).split('. ')[0]}. It was "
+            "saved with classes from another package or version; import the package that defines "
+            "them before loading."
+        ) from None

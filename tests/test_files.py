@@ -66,3 +66,16 @@ def test_save_model_without_optimizer_is_smaller_and_denoises_the_same(tmp_path)
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(loaded.denoise(x, 3.0)), keras.ops.convert_to_numpy(model.denoise(x, 3.0))
     )
+
+
+def test_load_model_names_a_missing_or_corrupt_file(tmp_path):
+    from keras_diffusion.files import load_model
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "missing.keras"))
+    legacy = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_ddpm.keras")
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(open(legacy, "rb").read()[:5000])
+    with pytest.raises(ValueError, match="not a valid .keras archive"):
+        load_model(str(truncated))
+    assert type(load_model(legacy)).__name__ == "DDPM"
