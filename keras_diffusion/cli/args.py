@@ -23,6 +23,8 @@ from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import FlowMatching
 from keras_diffusion.processes import TIMESTEP_SPACINGS
+from keras_diffusion.processes import ContinuousCosineSchedule
+from keras_diffusion.processes import DiscreteVPSchedule
 from keras_diffusion.processes import EDMProcess
 from keras_diffusion.processes import RectifiedFlow
 from keras_diffusion.samplers import SAMPLERS
@@ -150,6 +152,11 @@ def add_sampling_args(parser):
         f"{model.default_sampler} with {process().default_num_steps(model.default_sampler)} steps for {name}"
         for name, model, process in (("flow", FlowMatching, RectifiedFlow), ("edm", EDM, EDMProcess))
     )
+    with_eta = [name for name, sampler in SAMPLERS.items() if "eta" in sampler.options]
+    spacings = ", ".join(
+        f"{process.default_timestep_spacing} for {name}"
+        for name, process in (("ddpm", DiscreteVPSchedule), ("ddim", ContinuousCosineSchedule), ("flow", RectifiedFlow))
+    )
     group = parser.add_argument_group("sampling")
     group.add_argument(
         "--sampler",
@@ -170,7 +177,7 @@ def add_sampling_args(parser):
         "--eta",
         type=float,
         default=None,
-        help="stochasticity of ddim, euler_ancestral and dpmpp_2m_sde (the other samplers "
+        help=f"stochasticity of {', '.join(with_eta)} (the other samplers "
         "have none): 0 is deterministic DDIM, 1 adds fresh noise at each step like DDPM, "
         "which forgives a briefly trained model's errors far better (default: 1 for a DDPM; "
         "otherwise the sampler's own: a DDIM model samples deterministically, as keras.io does)",
@@ -187,8 +194,7 @@ def add_sampling_args(parser):
         choices=TIMESTEP_SPACINGS,
         default=None,
         help="how the sampling steps are spread over the training timesteps (as in diffusers; "
-        "default: the model's, leading for a DDPM, trailing, i.e. keras.io's steps, for a DDIM, "
-        "linspace for flow; edm has its own Karras levels)",
+        f"default: the process's, {spacings}; edm has its own Karras levels)",
     )
     group.add_argument(
         "--clip-sample",
