@@ -1,4 +1,4 @@
-"""`python -m keras_diffusion`: the command line (see `keras_diffusion.cli`).
+"""`python -m keras_diffusion`: the command line (`keras_diffusion.cli`).
 
 Example:
     $ python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist

@@ -24,6 +24,9 @@ recompile.
 
 import keras
 
+# The Keras backends this package runs on (the CLI's `--backend` choices).
+BACKENDS = ("jax", "tensorflow", "torch")
+
 
 class CompiledLoop:
     """A function of tensors, compiled once per input shapes for this backend.

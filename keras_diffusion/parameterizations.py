@@ -165,6 +165,17 @@ class EDMPreconditioning(Parameterization):
 PARAMETERIZATIONS = {p.name: p for p in (Epsilon, Sample, VPrediction, Velocity, EDMPreconditioning)}
 
 
+def prediction_types(process):
+    """The `prediction_type` names that fit `process` (a `Process`), in registry order.
+
+    Example:
+    >>> from keras_diffusion.processes import RectifiedFlow
+    >>> prediction_types(RectifiedFlow())
+    ('epsilon', 'sample', 'velocity')
+    """
+    return tuple(name for name, parameterization in PARAMETERIZATIONS.items() if process.kind in parameterization.kinds)
+
+
 def get_parameterization(name, process):
     """The parameterization `name` for `process`, or an error naming the choices and the fix.
 

@@ -1,10 +1,13 @@
-"""The command line, run as users run it: `python -m keras_diffusion ...` in a subprocess.
+"""The command line: `python -m keras_diffusion ...`, as users run it, and `cli.main`.
 
-Each subprocess costs 5-40 s, so the tests that need a trained model share
-one tiny training run (interrupted, then resumed), and the error cases that
-Python can check in this process call `cli.main` directly.
+A subprocess costs 5-40 s, so one tiny `train ddpm` run (interrupted, then
+resumed with `--backend`) is the only one; the tests that need a trained
+model share it, and everything else calls `cli.main` in this process.
+`train flow` and `train edm` run on a 3-layer conv net in place of the U-Net
+(the U-Net path is the DDPM run's), so that they cost seconds.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -15,12 +18,15 @@ import keras
 import pytest
 from PIL import Image
 
+import keras_diffusion as kd
 from keras_diffusion import cli
 
+# One U-Net level (the middle block still has attention) and 4 epochs of 2 batches:
+# the interruption lands after epoch 1 and leaves epochs to resume.
 TINY_TRAIN = [
     "train", "ddpm", "--dataset", "digits", "--image-size", "16", "--num-train-images", "64",
-    "--widths", "8,16", "--num-res-blocks", "1", "--attention-resolutions", "", "--norm-groups", "4",
-    "--batch-size", "32", "--epochs", "6", "--steps", "3", "--num-samples", "4",
+    "--widths", "8", "--num-res-blocks", "1", "--attention-resolutions", "", "--norm-groups", "4",
+    "--batch-size", "32", "--epochs", "4", "--steps", "3", "--num-samples", "4",
 ]
 
 
@@ -33,18 +39,6 @@ OTHER_BACKEND = "torch" if BACKEND == "jax" else "jax"
 def _env(backend=BACKEND):
     # Unbuffered, so that the interruption test sees each epoch as it starts.
     return {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
-
-
-def run_cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_diffusion", *args],
-        capture_output=True, text=True, env=_env(), timeout=timeout,
-    )
-
-
-def _last_line(text):
-    # TensorFlow may log to stderr when Keras is imported; the error comes last.
-    return text.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +58,9 @@ def trained(tmp_path_factory):
         # SIGINT, and children inherit that; restore Ctrl+C as a user has it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as first:
-        # Keras prints "Epoch 2/6" once epoch 1 has ended and been backed up.
+        # Keras prints "Epoch 2/4" once epoch 1 has ended and been backed up.
         for line in first.stdout:
-            if "Epoch 2/6" in line:
+            if "Epoch 2/4" in line:
                 first.send_signal(signal.SIGINT)
                 break
         rest, _ = first.communicate(timeout=120)
@@ -92,23 +86,22 @@ def test_train_writes_model_grid_and_log_and_resumes(trained):
     assert Image.open(out / "samples.png").size == (38, 38)  # 2x2 cells of 16 + padding 2.
     log = json.loads((out / "train_log.json").read_text())
     assert log["backend"] == BACKEND and f"the {BACKEND} backend" in stdout
-    assert log["args"]["widths"] == [8, 16]
+    assert log["args"]["widths"] == [8]
+    assert (log["args"]["sampler"], log["args"]["steps"]) == ("ddim", 3)
     epochs = [entry["epoch"] for entry in log["epochs"]]
     # Resumed after at least one finished epoch, and ran up to the last one.
-    assert 1 < epochs[0] and epochs == list(range(epochs[0], 7))
+    assert 1 < epochs[0] and epochs == list(range(epochs[0], 5))
     assert log["train_seconds"] > 0 and log["images_per_second"] > 0
     assert not [name for name in os.listdir(out) if name.endswith(".tmp.keras")]
 
 
-def test_sample_writes_grid_of_requested_size(trained, tmp_path):
+def test_sample_writes_grid_of_requested_size(trained, tmp_path, capsys):
     out, _ = trained
     grid = tmp_path / "grid.png"
-    result = run_cli(
-        "sample", "--model", str(out / "model.keras"), "--num-images", "6", "--steps", "3",
-        "--sampler", "ddim", "--seed", "1", "--out", str(grid),
-    )
-    assert result.returncode == 0, result.stderr
-    assert str(grid) in result.stdout
+    argv = ["sample", "--model", str(out / "model.keras"), "--num-images", "6", "--steps", "3",
+            "--sampler", "ddim", "--seed", "1", "--out", str(grid)]
+    assert cli.main(argv) == 0
+    assert str(grid) in capsys.readouterr().out
     assert Image.open(grid).size == (3 * 18 + 2, 2 * 18 + 2)  # 2 rows x 3 columns.
 
 
@@ -122,12 +115,11 @@ def test_sample_with_too_many_steps_is_a_one_line_error(trained, tmp_path, capsy
     assert err.startswith("error: ") and "num_steps=2000" in err and "Traceback" not in err
 
 
-def test_missing_model_file_exits_2(tmp_path):
+def test_missing_model_file_exits_2(tmp_path, capsys):
     missing = tmp_path / "missing.keras"
-    result = run_cli("sample", "--model", str(missing), "--out", str(tmp_path / "g.png"))
-    assert result.returncode == 2
-    assert _last_line(result.stderr).startswith("error: ") and str(missing) in result.stderr
-    assert "Traceback" not in result.stderr
+    assert cli.main(["sample", "--model", str(missing), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
 
 
 def test_sample_fails_fast_when_out_folder_is_missing(trained, tmp_path, capsys):
@@ -156,71 +148,148 @@ def test_train_rejects_steps_over_timesteps_before_loading_data(tmp_path, capsys
     assert not out.exists()
 
 
-def test_unknown_sampler_is_an_argparse_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sample", "--model", "m.keras", "--out", "g.png", "--sampler", "plms"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'plms'" in capsys.readouterr().err
-
-
 def test_no_command_prints_help_and_exits_2(capsys):
     assert cli.main([]) == 2
     err = capsys.readouterr().err
     assert "train" in err and "sample" in err
 
 
-@pytest.mark.parametrize("command", ["train", "sample"])
+def _subparser(parser, path):
+    for name in path:
+        parser = parser._subparsers._group_actions[0].choices[name]
+    return parser
+
+
+COMMANDS = [["train"], ["train", "ddpm"], ["train", "ddim"], ["train", "flow"], ["train", "edm"],
+            ["sample"], ["evaluate"], ["walk"], ["generate"], ["finetune"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_explains_every_flag(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main([command, "--help"])
+        cli.main([*command, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    subparser = cli.build_parser()._subparsers._group_actions[0].choices[command]
-    for action in subparser._actions:
+    assert text.startswith(f"usage: python -m keras_diffusion {' '.join(command)}")
+    for action in _subparser(cli.build_parser(), command)._actions:
+        if isinstance(action, argparse._SubParsersAction):  # `train`'s models: listed with their help
+            assert all(f"\n    {name} " in text for name in action.choices)
+            continue
         assert action.help, action.option_strings
         for flag in action.option_strings:
             assert flag in text
-    expected = {
-        "train": ["--dataset", "--image-size", "--num-train-images", "--network", "--widths",
-                  "--num-res-blocks", "--attention-resolutions", "--norm-groups",
-                  "--beta-schedule", "--timesteps", "--prediction-type", "--loss",
-                  "--min-snr-gamma", "--learning-rate", "--ema", "--epochs", "--batch-size",
-                  "--seed", "--sample-every", "--num-samples", "--sampler", "--steps",
-                  "--backend", "--out"],
-        "sample": ["--model", "--num-images", "--sampler", "--steps", "--out", "--seed",
-                   "--eta", "--timestep-spacing", "--backend"],
-    }[command]
-    assert all(flag in text for flag in expected)
 
 
-def test_choices_match_the_library():
-    from keras_diffusion.datasets import DATASETS
-    from keras_diffusion.models.base import LOSS_TYPES
-    from keras_diffusion.parameterizations import PARAMETERIZATIONS
-    from keras_diffusion.processes import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiscreteVPSchedule
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"\n    {name} " in text for name in cli.COMMANDS)
+
+
+def _typos():
+    from keras_diffusion.cli.train import FAMILIES
+    from keras_diffusion.compile import BACKENDS
+    from keras_diffusion.metrics import FEATURE_EXTRACTORS
+    from keras_diffusion.networks import UNET_PRESETS
+    from keras_diffusion.parameterizations import prediction_types
+    from keras_diffusion.processes import BETA_SCHEDULES, TIME_SAMPLINGS, EDMProcess
     from keras_diffusion.samplers import SAMPLERS, SIGMA_SCHEDULES
+    from keras_diffusion.sd3.finetune import WEIGHTING_SCHEMES
+    from keras_diffusion.sd3.lora import LAYOUTS
+    from keras_diffusion.sd3.walks import DIRECTIONS
 
-    assert set(cli.SAMPLERS) == set(SAMPLERS)
-    assert cli.SIGMA_SCHEDULES == SIGMA_SCHEDULES
-    assert cli.DATASETS == DATASETS
-    assert cli.BETA_SCHEDULES == BETA_SCHEDULES
-    assert cli.TIMESTEP_SPACINGS == TIMESTEP_SPACINGS
-    # `train ddpm|ddim` offers the prediction types that fit a VP schedule.
-    vp = DiscreteVPSchedule()
-    assert cli.PREDICTION_TYPES == tuple(name for name, p in PARAMETERIZATIONS.items() if vp.kind in p.kinds)
-    assert cli.LOSS_TYPES == LOSS_TYPES
+    train = ["--out", "runs/x"]
+    sample = ["sample", "--model", "m.keras", "--out", "g.png"]
+    sd3 = ["--preset", "tiny", "--out", "x"]
+    finetune = ["finetune", *sd3, "--data", "d", "--method", "lora"]
+    return [
+        (["train", "gan"], FAMILIES),
+        (["train", "ddpm", *train, "--network", "mnist_smal"], UNET_PRESETS),
+        (["train", "ddpm", *train, "--beta-schedule", "quadratic"], BETA_SCHEDULES),
+        (["train", "flow", *train, "--time-sampling", "logitnormal"], TIME_SAMPLINGS),
+        (["train", "edm", *train, "--prediction-type", "velocity"], prediction_types(EDMProcess())),
+        ([*sample, "--sampler", "plms"], SAMPLERS),
+        ([*sample, "--sigma-schedule", "cosine"], SIGMA_SCHEDULES),
+        ([*sample, "--backend", "numpy"], BACKENDS),
+        (["evaluate", "--model", "m.keras", "--feature-extractor", "clip"], FEATURE_EXTRACTORS),
+        (["walk", *sd3, "--prompts", "a", "--direction", "up"], DIRECTIONS),
+        ([*finetune, "--weighting-scheme", "cosine"], WEIGHTING_SCHEMES),
+        ([*finetune, "--lora-layout", "peft"], LAYOUTS),
+    ]
 
 
-def _tiny_conv_ddpm(image_shape):
-    """An untrained DDPM on a 3-layer conv net (a U-Net takes tens of seconds to build on JAX)."""
-    from keras_diffusion import DDPM, DiscreteVPSchedule
+@pytest.mark.parametrize("argv, names", _typos(), ids=[argv[-1] for argv, _ in _typos()])
+def test_a_typo_in_a_choice_lists_the_registry(argv, names, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: {argv[-1]!r}" in err
+    assert all(repr(name) in err for name in names), err
 
+
+def test_the_flags_of_earlier_releases_still_parse():
+    parser = cli.build_parser()
+    args = parser.parse_args([
+        "train", "ddpm", "--out", "o", "--backend", "jax", "--seed", "1", "--dataset", "digits",
+        "--image-size", "16", "--channels", "1", "--num-train-images", "8", "--exclude-held-out",
+        "--network", "mnist_small", "--widths", "8,16", "--num-res-blocks", "1", "--attention-resolutions", "",
+        "--norm-groups", "4", "--beta-schedule", "linear", "--timesteps", "100", "--prediction-type",
+        "v_prediction", "--loss", "mae", "--min-snr-gamma", "5", "--epochs", "2", "--batch-size", "4",
+        "--learning-rate", "1e-3", "--ema", "0.9", "--sample-every", "1", "--sampler", "ddpm", "--steps", "10",
+        "--eta", "0", "--sigma-schedule", "karras", "--timestep-spacing", "trailing", "--no-clip-sample",
+        "--num-samples", "4",
+    ])
+    assert (args.model, args.widths, args.attention_resolutions, args.clip_sample) == ("ddpm", (8, 16), (), False)
+    args = parser.parse_args(["train", "ddim", "--out", "o", "--network", "ddim_keras_io", "--widths", "8,16",
+                              "--num-res-blocks", "1", "--prediction-type", "sample"])
+    assert args.num_res_blocks == 1
+
+
+def test_flow_and_edm_flags_keep_the_library_defaults():
+    from keras_diffusion.cli.args import resolve_sampling
+    from keras_diffusion.processes import EDMProcess, RectifiedFlow
+
+    parser = cli.build_parser()
+    flow = parser.parse_args(["train", "flow", "--out", "x"])
+    assert RectifiedFlow(shift=flow.shift, time_sampling=flow.time_sampling).get_config() == RectifiedFlow().get_config()
+    assert (flow.prediction_type, flow.loss, flow.network) == ("velocity", "mse", "mnist_small")
+    edm = parser.parse_args(["train", "edm", "--out", "x"])
+    process = EDMProcess(sigma_min=edm.sigma_min, sigma_max=edm.sigma_max, sigma_data=edm.sigma_data,
+                         p_mean=edm.p_mean, p_std=edm.p_std)
+    assert process.get_config() == EDMProcess().get_config()
+    # Left out, the sampler and steps are the family's: Heun on 18 Karras levels.
+    resolve_sampling(edm, kd.EDM, process)
+    assert (edm.sampler, edm.steps) == ("heun", 18)
+    ddpm = parser.parse_args(["train", "ddpm", "--out", "x"])
+    resolve_sampling(ddpm, kd.DDPM, kd.DiscreteVPSchedule())
+    assert (ddpm.sampler, ddpm.steps, ddpm.loss) == ("ddim", 50, "mse")
+    assert parser.parse_args(["train", "ddim", "--out", "x"]).loss == "mae"  # keras.io
+
+
+def test_flags_of_another_family_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "flow", "--out", "x", "--beta-schedule", "linear"])
+    assert "unrecognized arguments: --beta-schedule" in capsys.readouterr().err
+    assert cli.main(["train", "edm", "--out", "x", "--sigma-min", "90"]) == 2
+    assert "sigma_min < sigma_max" in capsys.readouterr().err
+    assert cli.main(["train", "edm", "--out", "x", "--timestep-spacing", "leading"]) == 2
+    assert "timestep_spacing='leading' does not apply" in capsys.readouterr().err
+
+
+def _tiny_conv_net(image_shape, **unused):
+    """A 3-layer conv net `[x, t] -> x` (a U-Net takes tens of seconds to build on JAX)."""
     x, t = keras.Input(image_shape, name="x"), keras.Input((), name="t")
     emb = keras.layers.Dense(8)(keras.layers.Reshape((1,))(t) / 20.0)
     h = keras.layers.Conv2D(8, 3, padding="same", activation="swish")(x)
     h = h + keras.layers.Reshape((1, 1, 8))(emb)
-    network = keras.Model([x, t], keras.layers.Conv2D(image_shape[-1], 3, padding="same")(h))
-    return DDPM(network, DiscreteVPSchedule("cosine", num_train_timesteps=20), seed=0)
+    return keras.Model([x, t], keras.layers.Conv2D(image_shape[-1], 3, padding="same")(h))
+
+
+def _tiny_conv_ddpm(image_shape):
+    """An untrained DDPM on `_tiny_conv_net`."""
+    return kd.DDPM(_tiny_conv_net(image_shape), kd.DiscreteVPSchedule("cosine", num_train_timesteps=20), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -270,19 +339,38 @@ def test_evaluate_errors(untrained_model, tmp_path, capsys):
     _tiny_conv_ddpm((8, 8, 3)).save(rgb)
     assert cli.main(["evaluate", "--model", str(rgb), "--num-images", "2"]) == 2
     assert "square and grayscale" in capsys.readouterr().err
-    from keras_diffusion.metrics import FEATURE_EXTRACTORS
-
-    assert cli.FEATURE_EXTRACTORS == FEATURE_EXTRACTORS
 
 
-def test_evaluate_help_explains_every_flag(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["evaluate", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    subparser = cli.build_parser()._subparsers._group_actions[0].choices["evaluate"]
-    for action in subparser._actions:
-        assert action.help, action.option_strings
-    for flag in ("--model", "--num-images", "--batch-size", "--feature-extractor", "--json",
-                 "--sampler", "--steps", "--seed", "--backend"):
-        assert flag in text
+FAMILY_FLAGS = {
+    "flow": (["--time-sampling", "uniform", "--shift", "2"], {"time_sampling": "uniform", "shift": 2.0}, "euler"),
+    "edm": (["--sigma-data", "0.6", "--p-mean", "-1"], {"sigma_data": 0.6, "p_mean": -1.0}, "heun"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_FLAGS))
+def test_train_flow_and_edm_then_sample_and_evaluate(family, tmp_path, monkeypatch, capsys):
+    import keras_diffusion.networks
+
+    flags, process_config, sampler = FAMILY_FLAGS[family]
+    monkeypatch.setattr(keras_diffusion.networks, "unet_from_preset", lambda name, **kw: _tiny_conv_net(**kw))
+    out = tmp_path / family
+    argv = ["train", family, "--dataset", "digits", "--image-size", "8", "--num-train-images", "8", "--batch-size", "8",
+            "--epochs", "1", "--steps", "2", "--num-samples", "4", "--out", str(out), *flags]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert f"Generating 4 samples ({sampler}, 2 steps)" in stdout  # the family's default sampler
+    log = json.loads((out / "train_log.json").read_text())
+    assert (log["args"]["model"], log["args"]["sampler"], len(log["epochs"])) == (family, sampler, 1)
+    assert Image.open(out / "samples.png").size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 cells of 8 + padding 2.
+    model = keras.saving.load_model(out / "model.keras")
+    assert type(model) is {"flow": kd.FlowMatching, "edm": kd.EDM}[family]
+    assert model.process.get_config().items() >= process_config.items()
+
+    grid = tmp_path / "grid.png"
+    assert cli.main(["sample", "--model", str(out / "model.keras"), "--steps", "2", "--num-images", "2",
+                     "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (2 * 10 + 2, 10 + 2)
+    assert cli.main(["evaluate", "--model", str(out / "model.keras"), "--steps", "2", "--num-images", "4",
+                     "--batch-size", "4", "--json", str(tmp_path / "m.json")]) == 0
+    assert f"({sampler}, 2 steps)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["num_generated"] == 4

@@ -301,9 +301,3 @@ def test_raw_uint8_images_are_refused_before_training():
         trainer.fit({**raw, "images": raw["images"].astype("float32")}, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="TrainingBatches"):
         trainer({**raw, "images": ops.convert_to_tensor(raw["images"])})
-
-
-def test_the_cli_offers_the_trainers_weighting_schemes():
-    from keras_diffusion.sd3 import finetune, finetune_command
-
-    assert finetune_command.WEIGHTING_SCHEMES == finetune.WEIGHTING_SCHEMES

@@ -1,4 +1,4 @@
-"""The `finetune` subcommand: clear errors first, then end-to-end runs."""
+"""The `finetune` command (`keras_diffusion.cli.finetune`): clear errors first, then end-to-end runs."""
 
 import json
 
@@ -29,8 +29,10 @@ def finetune(*args):
 
 def test_bad_input_fails_before_loading(tmp_path, capsys):
     folder = captioned_folder(tmp_path / "data")
-    assert finetune("--data", folder, "--method", "magic", "--out", tmp_path / "out") == 2
-    assert "Unknown --method 'magic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        finetune("--data", folder, "--method", "magic", "--out", tmp_path / "out")
+    assert "invalid choice: 'magic' (choose from 'lora', 'full', 'dreambooth', 'textual-inversion')" in (
+        capsys.readouterr().err)
     (tmp_path / "empty").mkdir()
     assert finetune("--data", tmp_path / "empty", "--method", "lora", "--out", tmp_path / "out") == 2
     assert "holds no images" in capsys.readouterr().err

@@ -1,6 +1,5 @@
 """SD3 generation: parity with KerasHub's own generate(), outputs, bad input, CLI."""
 
-import argparse
 import os
 
 import keras_hub
@@ -12,7 +11,8 @@ from sd3_fixtures import torch_single_thread  # noqa: F401 (autouse fixture)
 
 from keras_diffusion import sd3
 from keras_diffusion.images import to_model_range
-from keras_diffusion.sd3 import cli, pipeline
+from keras_diffusion import cli
+from keras_diffusion.sd3 import pipeline
 
 
 @pytest.fixture
@@ -146,10 +146,10 @@ def test_save_images_writes_one_png_per_image(tmp_path):
         sd3.save_images(tmp_path / "missing" / "cat.png", images)
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser()
-    cli.register_commands(parser.add_subparsers())
-    return parser.parse_args(argv)
+def _run_cli(argv):
+    # The command's own run(), so that its errors reach the test as exceptions.
+    args = cli.build_parser().parse_args(argv)
+    return cli.COMMANDS[args.command].run(args)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def session_model_for_cli(monkeypatch):
 def test_cli_generate_text_to_image_and_image_to_image(session_model_for_cli, tmp_path, image):
     common = ["--preset", "tiny", "--steps", str(NUM_STEPS), "--seed", str(SEED)]
     out = tmp_path / "cat.png"
-    assert cli.run(_parse(["generate", *common, "--prompt", *PROMPTS, "--out", str(out)])) == 0
+    assert _run_cli((["generate", *common, "--prompt", *PROMPTS, "--out", str(out)])) == 0
     written = [np.asarray(Image.open(tmp_path / f"cat_{i}.png")) for i in range(2)]
     expected = sd3.text_to_image(tiny_setup().model, PROMPTS, num_steps=NUM_STEPS, seed=SEED)
     np.testing.assert_array_equal(np.stack(written), expected)
@@ -179,7 +179,7 @@ def test_cli_generate_text_to_image_and_image_to_image(session_model_for_cli, tm
     Image.fromarray(np.repeat(np.repeat(image, 2, 0), 2, 1)).save(tmp_path / "in.png")
     argv = ["generate", *common, "--prompt", *PROMPTS, "--image", str(tmp_path / "in.png"),
             "--strength", "0.5", "--out", str(tmp_path / "i2i.png")]
-    assert cli.run(_parse(argv)) == 0
+    assert _run_cli((argv)) == 0
     assert Image.open(tmp_path / "i2i_1.png").size == (IMAGE_SIZE, IMAGE_SIZE)
     assert session_model_for_cli[0][0] == "tiny"
 
@@ -188,7 +188,7 @@ def test_cli_refuses_a_missing_output_folder_before_loading(session_model_for_cl
     argv = ["generate", "--preset", "tiny", "--prompt", "a cat",
             "--out", str(tmp_path / "missing" / "cat.png")]
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        cli.run(_parse(argv))
+        _run_cli((argv))
     assert session_model_for_cli == []
 
 
@@ -197,7 +197,7 @@ def test_cli_generate_end_to_end_with_the_tiny_preset(tmp_path):
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "keras_diffusion.sd3.cli", "generate", "--preset", "tiny",
+    argv = [sys.executable, "-m", "keras_diffusion", "generate", "--preset", "tiny",
             "--cache", str(tmp_path / "cache"), "--prompt", "a cat", "--steps", "2",
             "--out", str(tmp_path / "cat.png")]
     subprocess.run(argv, check=True, env={**os.environ})

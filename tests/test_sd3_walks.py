@@ -1,7 +1,5 @@
 """SD3 latent walks: slerp, the four walks, compile-once, GIF/PNG export, CLI."""
 
-import argparse
-
 import keras
 import numpy as np
 import pytest
@@ -10,7 +8,8 @@ from sd3_fixtures import IMAGE_SIZE, NEGATIVE_PROMPTS, NUM_STEPS, PROMPTS, SEED,
 from sd3_fixtures import torch_single_thread  # noqa: F401 (autouse fixture)
 
 from keras_diffusion import sd3
-from keras_diffusion.sd3 import cli, pipeline
+from keras_diffusion import cli
+from keras_diffusion.sd3 import pipeline
 
 BACKEND = keras.backend.backend()
 # Every walk here uses these settings, so one program is compiled for all.
@@ -157,9 +156,9 @@ def test_saving_into_a_missing_folder_is_refused(tmp_path):
 
 
 def _run_cli(argv):
-    parser = argparse.ArgumentParser()
-    cli.register_commands(parser.add_subparsers())
-    return cli.run(parser.parse_args(argv))
+    # The command's own run(), so that its errors reach the test as exceptions.
+    args = cli.build_parser().parse_args(argv)
+    return cli.COMMANDS[args.command].run(args)
 
 
 @pytest.fixture
@@ -195,13 +194,7 @@ def test_cli_walk_errors(session_model_for_cli, tmp_path):
 
 
 def test_cli_takes_the_main_cli_shared_options():
-    def common_arguments(parser):
-        parser.add_argument("--backend", default=None)
-        parser.add_argument("--seed", type=int, default=0)
-
-    parser = argparse.ArgumentParser()
-    cli.register_commands(parser.add_subparsers(dest="command"), common_arguments)
-    args = parser.parse_args(
+    args = cli.build_parser().parse_args(
         ["walk", "--backend", "jax", "--preset", "tiny", "--prompts", "a", "b", "--out", "w.gif"]
     )
-    assert (args.command, args.sd3_command, args.backend, args.seed) == ("walk", "walk", "jax", 0)
+    assert (args.command, args.backend, args.seed, args.kind) == ("walk", "jax", 0, "interpolate")

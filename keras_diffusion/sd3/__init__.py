@@ -24,8 +24,8 @@ The `tiny` preset has random weights, so its images look like noise; it runs
 the whole pipeline offline. Real presets download from Kaggle (network,
 credentials and an accepted licence needed).
 
-The names load lazily, so that `keras_diffusion.sd3.cli` can be imported
-(and `--backend` parsed) before Keras is.
+The names load lazily, so that KerasHub (with tensorflow-text) loads only
+when SD3 is used, not when the command line builds its parser.
 
 Example:
 >>> from keras_diffusion import sd3

@@ -44,6 +44,9 @@ from keras_diffusion.sd3.generate import (
     check_seed,
 )
 
+# `walk_around_prompt`'s directions: a step of ones, or of fresh standard normal noise.
+DIRECTIONS = ("ones", "random")
+
 Embeddings = collections.namedtuple(
     "Embeddings", ["positive", "negative", "pooled_positive", "pooled_negative"]
 )
@@ -385,8 +388,8 @@ def walk_around_prompt(
     """
     if not isinstance(prompt, str):
         raise ValueError(f"`prompt` must be one string, got {prompt!r}.")
-    if direction not in ("ones", "random"):
-        raise ValueError(f"`direction` must be 'ones' or 'random', got {direction!r}.")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {direction!r}.")
     frames = _check_frames(frames)
     seed = check_seed(seed)
     encoded = encode_prompts(model, prompt, negative_prompt)

@@ -1,4 +1,4 @@
-"""The `finetune` subcommand: fine-tune SD3 on a captioned folder.
+"""`finetune`: fine-tune Stable Diffusion 3 on a folder of captioned images.
 
     python -m keras_diffusion finetune --preset PATH_OR_NAME --data DIR \\
         --method lora|full|dreambooth|textual-inversion --out DIR
@@ -12,64 +12,59 @@ It writes into `--out`:
   rendered before and after training;
 - `train_log.json`: the loss per epoch, parameter counts and times;
 - `backup/` while training: rerunning an interrupted command with the same
-  `--out` resumes from the last finished epoch (Keras' `BackupAndRestore`).
+  `--out` resumes from the last finished epoch (`train.fit_with_backup`).
 
 `--data pokemon` downloads keras.io's Pokemon BLIP captions (network needed).
-This module imports neither Keras nor KerasHub at import time.
 """
 
-import argparse
 import os
 import shutil
 import time
 import uuid
 
-METHODS = ("lora", "full", "dreambooth", "textual-inversion")
-# As keras_diffusion.sd3.finetune.WEIGHTING_SCHEMES (this module does not import Keras).
-WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
-DEFAULT_LEARNING_RATES = {"lora": 1e-4, "full": 1e-5, "dreambooth": 1e-4, "textual-inversion": 5e-3}
+from keras_diffusion.cli.args import add_command
+from keras_diffusion.cli.args import add_sd3_model_args
+from keras_diffusion.cli.args import load_sd3
+from keras_diffusion.cli.args import momentum
+from keras_diffusion.cli.args import positive_int
+from keras_diffusion.cli.train import fit_with_backup
+from keras_diffusion.sd3.finetune import WEIGHTING_SCHEMES
+from keras_diffusion.sd3.lora import LAYOUTS
+
+# --method -> the learning rate it trains with unless --learning-rate is given.
+METHODS = {"lora": 1e-4, "full": 1e-5, "dreambooth": 1e-4, "textual-inversion": 5e-3}
+MIXED_PRECISION = ("no", "bfloat16", "float16")
 
 
-def add_parser(subparsers, add_model_arguments):
-    """Adds the `finetune` subcommand.
-
-    Args:
-        subparsers: from `argparse.ArgumentParser.add_subparsers()`.
-        add_model_arguments: `f(parser)` adding `--preset`, `--size`,
-            `--dtype`, `--no-t5`, `--steps`, `--guidance`, `--cache` and
-            `--seed`, as for `generate`.
-
-    Returns:
-        The subparser.
-    """
-    parser = subparsers.add_parser(
-        "finetune",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="Fine-tune Stable Diffusion 3 (LoRA, full, DreamBooth, textual inversion).",
-        description=(
-            "Fine-tune SD3's MMDiT with the rectified-flow loss on a folder of "
-            "captioned images (metadata.jsonl, captions.txt, or file names as "
-            "captions). Writes the adapter, embedding or weights to --out, with "
-            "sample grids from the same prompts and seeds before and after. "
-            "Rerun with the same --out to resume an interrupted run."
-        ),
+def add_parser(subparsers):
+    """Adds `finetune`."""
+    parser = add_command(
+        subparsers,
+        __name__,
+        help="fine-tune Stable Diffusion 3 (LoRA, full, DreamBooth, textual inversion)",
+        description="Fine-tunes SD3's MMDiT with the rectified-flow loss on a folder of captioned\n"
+        "images (metadata.jsonl, captions.txt, or file names as captions). Writes the\n"
+        "adapter, embedding or weights to --out, with sample grids from the same prompts\n"
+        "and seeds before and after. Rerun with the same --out to resume an interrupted run.\n\n"
+        "Example:\n  python -m keras_diffusion finetune --preset tiny --data photos/ --method lora "
+        "--out runs/lora",
     )
-    add_model_arguments(parser)
+    add_sd3_model_args(parser)
     parser.add_argument("--data", required=True, help="training folder, or 'pokemon' (download)")
-    parser.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
+    parser.add_argument("--method", required=True, choices=tuple(METHODS), help="what to train")
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the data")
-    parser.add_argument("--batch-size", type=int, default=1, help="examples per step")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the data")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="examples per step")
     parser.add_argument(
         "--learning-rate", type=float, default=None,
-        help="AdamW learning rate; default 1e-4 (lora, dreambooth), 1e-5 (full), 5e-3 (textual inversion)",
+        help="AdamW learning rate (default: " + ", ".join(f"{rate:g} for {name}" for name, rate in METHODS.items()) + ")",
     )
     parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
-    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--grad-accum", type=positive_int, default=1, help="gradient accumulation steps")
     parser.add_argument("--clipnorm", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
-    parser.add_argument("--ema", type=float, default=0.0, help="EMA momentum, e.g. 0.999; 0 disables")
+    parser.add_argument("--ema", type=momentum, default=0.0, help="EMA momentum, e.g. 0.999; 0 disables")
     parser.add_argument(
-        "--mixed-precision", choices=("no", "bfloat16", "float16"), default="no",
+        "--mixed-precision", choices=MIXED_PRECISION, default="no",
         help="compute in this dtype with float32 weights",
     )
     parser.add_argument(
@@ -89,40 +84,34 @@ def add_parser(subparsers, add_model_arguments):
     )
     parser.add_argument("--cache-latents", action="store_true", help="encode images and captions once")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    parser.add_argument("--max-images", type=int, default=None, help="use at most this many images")
+    parser.add_argument("--max-images", type=positive_int, default=None, help="use at most this many images")
     parser.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images")
-    parser.add_argument("--rank", type=int, default=4, help="LoRA rank")
-    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    parser.add_argument("--lora-mlp", action="store_true", help="LoRA on the blocks' MLP layers too")
-    parser.add_argument(
-        "--lora-layout", choices=("fused", "diffusers"), default="fused",
+    lora = parser.add_argument_group("LoRA (lora, and dreambooth unless --dreambooth-full)")
+    lora.add_argument("--rank", type=positive_int, default=4, help="LoRA rank")
+    lora.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+    lora.add_argument("--lora-mlp", action="store_true", help="LoRA on the blocks' MLP layers too")
+    lora.add_argument(
+        "--lora-layout", choices=LAYOUTS, default="fused",
         help="fused: one adapter per qkv projection; diffusers: separate q, k, v adapters",
     )
-    parser.add_argument("--instance-prompt", default=None, help="DreamBooth: e.g. 'a photo of sks dog'")
-    parser.add_argument("--class-prompt", default=None, help="DreamBooth: e.g. 'a photo of a dog'")
-    parser.add_argument("--num-class-images", type=int, default=100, help="DreamBooth class images")
-    parser.add_argument("--class-dir", default=None, help="DreamBooth class images (default OUT/class_images)")
-    parser.add_argument("--prior-loss-weight", type=float, default=1.0, help="DreamBooth lambda; 0: no prior")
-    parser.add_argument(
-        "--dreambooth-full", action="store_true", help="DreamBooth with full fine-tuning instead of LoRA"
-    )
-    parser.add_argument("--placeholder", default=None, help="textual inversion: new token, e.g. '<cat-toy>'")
-    parser.add_argument("--initializer", default=None, help="textual inversion: one-token word, e.g. 'toy'")
+    dreambooth = parser.add_argument_group("DreamBooth")
+    dreambooth.add_argument("--instance-prompt", default=None, help="e.g. 'a photo of sks dog'")
+    dreambooth.add_argument("--class-prompt", default=None, help="e.g. 'a photo of a dog'")
+    dreambooth.add_argument("--num-class-images", type=positive_int, default=100, help="class images")
+    dreambooth.add_argument("--class-dir", default=None, help="class images folder (default: OUT/class_images)")
+    dreambooth.add_argument("--prior-loss-weight", type=float, default=1.0, help="lambda; 0: no prior")
+    dreambooth.add_argument("--dreambooth-full", action="store_true", help="full fine-tuning instead of LoRA")
+    inversion = parser.add_argument_group("textual inversion")
+    inversion.add_argument("--placeholder", default=None, help="the new token, e.g. '<cat-toy>'")
+    inversion.add_argument("--initializer", default=None, help="a one-token word, e.g. 'toy'")
     parser.add_argument(
         "--sample-prompts", nargs="+", default=None,
         help="prompts for the before/after grids (default: from the data)",
     )
-    parser.set_defaults(sd3_command="finetune")
-    return parser
 
 
 def check_arguments(args):
-    """Fails fast, before any model is loaded, on bad arguments."""
-    if args.method not in METHODS:
-        raise ValueError(f"Unknown --method {args.method!r}; choose one of: {', '.join(METHODS)}.")
-    for name in ("epochs", "batch_size", "grad_accum", "rank", "num_class_images"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    """Fails fast, before any model is loaded, on arguments that do not fit together."""
     if not 0.0 <= args.caption_dropout < 1.0:
         raise ValueError(f"--caption-dropout must be in [0, 1), got {args.caption_dropout}.")
     if args.method == "dreambooth" and not args.instance_prompt:
@@ -132,6 +121,8 @@ def check_arguments(args):
             "--method textual-inversion needs --placeholder (e.g. '<cat-toy>') and "
             "--initializer (a one-token word, e.g. 'toy')."
         )
+    if args.mixed_precision != "no" and args.dtype is not None:
+        raise ValueError("Use --dtype or --mixed-precision, not both.")
     if args.data != "pokemon":
         if not os.path.isdir(args.data):
             raise FileNotFoundError(
@@ -150,7 +141,8 @@ def run(args):
     check_arguments(args)
     from keras_diffusion.sd3 import data as data_lib
 
-    model = _load_model(args)
+    mixed = None if args.mixed_precision == "no" else f"mixed_{args.mixed_precision}"
+    model = load_sd3(args, dtype=mixed)
     if args.data == "pokemon":
         dataset = data_lib.load_pokemon_blip(model.image_size, max_images=args.max_images)
     else:
@@ -158,23 +150,9 @@ def run(args):
             args.data, model.image_size, skip_bad_files=args.skip_bad_files, max_images=args.max_images
         )
     os.makedirs(args.out, exist_ok=True)
-    written = _finetune(args, model, dataset)
-    for path in written:
+    for path in _finetune(args, model, dataset):
         print(f"Wrote {path}")
     return 0
-
-
-def _load_model(args):
-    from keras_diffusion.sd3 import pipeline
-
-    dtype = args.dtype
-    if args.mixed_precision != "no":
-        if dtype is not None:
-            raise ValueError("Use --dtype or --mixed-precision, not both.")
-        dtype = f"mixed_{args.mixed_precision}"
-    return pipeline.from_preset(
-        args.preset, image_size=args.size, dtype=dtype, include_t5=not args.no_t5, cache_dir=args.cache
-    )
 
 
 def _finetune(args, model, dataset):
@@ -187,7 +165,7 @@ def _finetune(args, model, dataset):
     from keras_diffusion.sd3.generate import text_to_image
     from keras_diffusion.sd3.walks import save_grid
 
-    seed = 0 if args.seed is None else args.seed
+    seed = args.seed
     use_lora = args.method == "lora" or (args.method == "dreambooth" and not args.dreambooth_full)
     prompts = args.sample_prompts
     inversion = None
@@ -203,9 +181,7 @@ def _finetune(args, model, dataset):
     prompts = prompts or sorted(set(dataset.captions))[:4]
 
     def samples(name):
-        images = text_to_image(
-            model, prompts, num_steps=args.steps, guidance_scale=args.guidance, seed=seed
-        )
+        images = text_to_image(model, prompts, num_steps=args.steps, guidance_scale=args.guidance, seed=seed)
         return save_grid(os.path.join(args.out, name), images)
 
     written = [samples("samples_before.png")]
@@ -221,9 +197,7 @@ def _finetune(args, model, dataset):
             seed=seed,
         )
     if use_lora:
-        lora.enable_lora(
-            model, args.rank, args.alpha, layout=args.lora_layout, include_mlp=args.lora_mlp, seed=seed
-        )
+        lora.enable_lora(model, args.rank, args.alpha, layout=args.lora_layout, include_mlp=args.lora_mlp, seed=seed)
     flip = not args.no_flip
     if args.method == "dreambooth":
         batches = dreambooth.dreambooth_batches(
@@ -231,9 +205,7 @@ def _finetune(args, model, dataset):
             batch_size=args.batch_size, cache=args.cache_latents, random_flip=flip, seed=seed,
         )
     elif args.cache_latents:
-        examples = data_lib.cache_examples(
-            model, dataset, random_flip=flip, cache_text=inversion is None, seed=seed
-        )
+        examples = data_lib.cache_examples(model, dataset, random_flip=flip, cache_text=inversion is None, seed=seed)
         batches = data_lib.TrainingBatches(examples, args.batch_size, random_flip=flip, seed=seed)
     else:
         batches = data_lib.TrainingBatches(
@@ -251,7 +223,7 @@ def _finetune(args, model, dataset):
         seed=seed,
     )
     optimizer = keras.optimizers.AdamW(
-        learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[args.method],
+        learning_rate=args.learning_rate or METHODS[args.method],
         weight_decay=0.0 if inversion else args.weight_decay,
         epsilon=1e-8,
         global_clipnorm=args.clipnorm or None,
@@ -267,18 +239,11 @@ def _finetune(args, model, dataset):
         trainable, total = count_params(trainer.trainable_variables), model.backbone.count_params()
     print(f"Training {trainable:,} of the model's {total:,} parameters ({trainable / total:.3%}).")
     start = time.time()
-    history = trainer.fit(
-        batches,
-        epochs=args.epochs,
-        verbose=2,
-        callbacks=[keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup"))],
-    )
+    history, _ = fit_with_backup(trainer, batches, out=args.out, epochs=args.epochs, verbose=2)
     seconds = time.time() - start
     written.append(samples("samples_after.png"))
     if inversion is not None:
-        result = textual_inversion.save_textual_inversion(
-            inversion, os.path.join(args.out, "embedding.npz")
-        )
+        result = textual_inversion.save_textual_inversion(inversion, os.path.join(args.out, "embedding.npz"))
     elif use_lora:
         result = lora.save_lora(model, os.path.join(args.out, "sd3.lora.npz"))
     else:
