@@ -300,10 +300,9 @@ def check_model_file(path):
 
 def load_diffusion_model(path):
     """Loads a keras-diffusion model saved as `.keras` (`--model`), or says why it cannot."""
-    check_model_file(path)
-    import keras
+    from keras_diffusion.files import load_model
 
-    model = keras.saving.load_model(path)
+    model = load_model(path)  # names a missing, truncated or unregistered file
     if not callable(getattr(model, "generate", None)):
         raise ValueError(
             f"{path!r} holds a {type(model).__name__}, not a keras-diffusion "
