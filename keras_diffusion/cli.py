@@ -35,6 +35,8 @@ BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 LOSS_TYPES = ("mse", "mae")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# Flags that only shape the sampling after training: a resumed run may change them.
+SAMPLING_ARGS = ("sampler", "steps", "eta", "sigma_schedule", "timestep_spacing", "clip_sample")
 FEATURE_EXTRACTORS = ("mnist", "inception")
 
 
@@ -178,7 +180,8 @@ def build_parser():
         "train",
         help="train a diffusion model",
         description="Trains a diffusion model, saves it with a grid of samples. "
-        "Re-running an interrupted command resumes from the last finished epoch.\n\n"
+        "Re-running an interrupted command resumes exactly where its last checkpoint (every epoch "
+        "end, and every --checkpoint-every steps) left it.\n\n"
         "Example:\n  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist",
         formatter_class=_Formatter,
     )
@@ -307,6 +310,13 @@ def build_parser():
         help="momentum of the exponential moving average of the weights that "
         "is saved and sampled from; 0 turns it off. Its time scale is "
         "1 / (1 - EMA) steps: keep it well below the number of training steps",
+    )
+    optim.add_argument(
+        "--checkpoint-every",
+        type=_non_negative_int,
+        default=0,
+        help="also checkpoint to OUT/backup every this many steps, so that a rerun after an "
+        "interruption resumes inside the epoch (0: at epoch ends only)",
     )
     optim.add_argument(
         "--sample-every",
@@ -516,24 +526,13 @@ def _build_ddim(args, image_shape, images):
 
 
 def _fit(args, model, images):
-    """Runs `model.fit` with backup/restore; returns the history and seconds per epoch."""
-    import keras
-
+    """Trains with exact resume from `OUT/backup`; returns the `ExactBackupAndRestore` (its `log` is the whole run's)."""
+    from keras_diffusion import resume
     from keras_diffusion.callbacks import InterruptAtBatchEnd
     from keras_diffusion.callbacks import SampleGrid
 
-    starts, epoch_seconds = {}, {}
     interrupt = InterruptAtBatchEnd()
-    callbacks = [
-        interrupt,
-        keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs: starts.update({epoch: time.perf_counter()}),
-            on_epoch_end=lambda epoch, logs: epoch_seconds.update(
-                {epoch: time.perf_counter() - starts[epoch]}
-            ),
-        ),
-        keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
-    ]
+    callbacks = [interrupt]
     if args.sample_every:
         callbacks.append(
             SampleGrid(
@@ -544,19 +543,31 @@ def _fit(args, model, images):
                 **_generate_kwargs(args, model),
             )
         )
+    # Exact resume: the data order, generators, optimizer and position come back from OUT/backup.
+    run_config = {
+        (key if key in ("command", "model") else "--" + key.replace("_", "-")): value
+        for key, value in vars(args).items()
+        if key not in ("out", "backend", "checkpoint_every", "sample_every", "num_samples", *SAMPLING_ARGS)
+    }
+    data = resume.ResumableBatches(images, args.batch_size, seed=args.seed)
+    backup = resume.ExactBackupAndRestore(
+        os.path.join(args.out, "backup"), data, save_freq=args.checkpoint_every or "epoch",
+        run_config=run_config, delete_checkpoint=False,
+    )
+    position = backup.saved_position()
+    if position is not None:
+        print(f"Resuming from {backup.backup_dir} at epoch {position[0] + 1}, step {position[1]} "
+              f"(step {position[0] * data.steps_per_epoch + position[1]} of the run).")
     try:
-        history = model.fit(
-            images, epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
-            callbacks=callbacks, verbose=1,
-        )
+        resume.fit(model, backup, epochs=args.epochs, callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
-            "Interrupted. Run the same command again to resume from the last finished "
-            f"epoch (saved in {os.path.join(args.out, 'backup')!r})."
+            "Interrupted. Run the same command again to resume from the last checkpoint "
+            f"(saved in {backup.backup_dir!r})."
         ) from None
     finally:
         interrupt.on_train_end()  # restores Ctrl+C if fit() ended early
-    return history, epoch_seconds
+    return backup
 
 
 def _generate_kwargs(args, model):
@@ -615,11 +626,10 @@ def _train(args):
         f"Training a {args.model.upper()} ({num_parameters:,} parameters) on {len(images):,} images of "
         f"shape {image_shape} with the {keras.backend.backend()} backend."
     )
-    start = time.perf_counter()
-    history, epoch_seconds = _fit(args, model, images)
-    train_seconds = time.perf_counter() - start
-    # After a resume, `history` holds only the epochs run by this process.
-    images_per_second = len(images) * len(history.epoch) / train_seconds
+    backup = _fit(args, model, images)
+    # The whole run's epochs, those of earlier processes included (resumed runs).
+    train_seconds = sum(entry["seconds"] for entry in backup.log)
+    images_per_second = len(images) * len(backup.log) / train_seconds
     model_path = replace_atomically(os.path.join(args.out, "model.keras"), model.save)
 
     print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
@@ -635,10 +645,8 @@ def _train(args):
         "num_train_images": len(images),
         "image_shape": list(image_shape),
         "num_parameters": num_parameters,
-        "epochs": [
-            {"epoch": epoch + 1, "loss": float(loss), "seconds": round(epoch_seconds[epoch], 3)}
-            for epoch, loss in zip(history.epoch, history.history["loss"])
-        ],
+        "epochs": backup.log,
+        "resumed": backup.resumes,
         "train_seconds": round(train_seconds, 3),
         "images_per_second": round(images_per_second, 3),
         "sample_seconds": round(sample_seconds, 3),
@@ -646,9 +654,13 @@ def _train(args):
         "samples": grid_path,
     }
     log_path = write_json(os.path.join(args.out, "train_log.json"), log)
+    backup.delete()  # only now: a kill before this point still resumes
+    resumed = "".join(
+        f" Resumed at epoch {mark['epoch']}, step {mark['step']}." for mark in backup.resumes
+    )
     print(
-        f"Trained {len(history.epoch)} epoch(s) in {train_seconds:.1f} s "
-        f"({images_per_second:.1f} images/s).\n"
+        f"Trained {len(backup.log)} epoch(s) in {train_seconds:.1f} s "
+        f"({images_per_second:.1f} images/s).{resumed}\n"
         f"Model:   {model_path}\nSamples: {grid_path}\nLog:     {log_path}"
     )
     return 0
