@@ -20,6 +20,7 @@ from keras_diffusion import models
 from keras_diffusion import networks
 from keras_diffusion import parameterizations
 from keras_diffusion import processes
+from keras_diffusion import resume
 from keras_diffusion import samplers
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
@@ -51,5 +52,6 @@ __all__ = [
     "networks",
     "parameterizations",
     "processes",
+    "resume",
     "samplers",
 ]

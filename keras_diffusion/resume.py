@@ -1,13 +1,15 @@
 """Exact resume: an interrupted and resumed `fit()` ends where the uninterrupted one does.
 
-Two pieces, used together with plain `model.fit`:
+Three pieces:
 
 - `ResumableBatches`, a `keras.utils.PyDataset` whose batches are a pure
   function of `(seed, epoch, step)`: epoch `e` visits the examples in the
   order `np.random.default_rng([seed, e]).permutation(N)`. It can start an
   epoch at any step.
 - `ExactBackupAndRestore`, a `keras.callbacks.BackupAndRestore` that also
-  saves what Keras' own does not, and restores inside an epoch.
+  saves what Keras' own does not.
+- `fit(model, backup, epochs)`, `model.fit` on the backup's data that also
+  resumes inside an epoch.
 
 What a checkpoint holds, and why each part is needed for the resumed run to
 equal the uninterrupted one:
@@ -276,8 +278,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 "a plain fit() resumes only at epoch ends. Resume with "
                 "keras_diffusion.resume.fit(model, backup, epochs=...), which finishes that epoch first."
             )
+        self._check_run(state)  # first: other arguments also make another model
         self._check_model(state)
-        self._check_run(state)
         weights = os.path.join(self.backup_dir, state["weights"])
         self._check_file(weights, state["weights_bytes"])
         try:

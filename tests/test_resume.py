@@ -16,6 +16,8 @@ what `tools/kill_resume.py` checks, through the command line.
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -246,3 +248,19 @@ def test_batches_are_a_function_of_seed_and_position():
     np.testing.assert_array_equal(np.concatenate([data[0], data[1]]), epoch1[4:])
     with pytest.raises(ValueError, match="shuffle=False"):
         data[1]  # out of order: fit(shuffle=True) would do this
+
+
+@pytest.mark.slow
+def test_kill_resume_tool(tmp_path):
+    """`tools/kill_resume.py` with 2 kills: a few minutes (4+ training processes), so slow."""
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "tools/kill_resume.py", "--backend", keras.backend.backend(), "--kills", "2",
+         "--epochs", "2", "--num-images", "96", "--folder", str(tmp_path / "runs"), "--json", str(report)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(report.read_text())
+    assert report["kills"] == 2 and report["checkpointed_steps_repeated"] == 0
+    assert report["weights_max_abs_difference"] == 0 and report["same_losses"]

@@ -6,8 +6,9 @@
 First one uninterrupted run (the reference). Then the same command, in another folder, is
 killed with SIGKILL `--kills` times and rerun after each kill, until a rerun finishes. Odd kills
 land while a checkpoint file is being written (the tool polls `OUT/backup` for the temp file of
-a write in progress and kills the moment it appears); even kills at a random moment of the
-process's life (start-up, training, saving). After each kill the tool reads the checkpoint the
+a write in progress and kills the moment it appears); even kills at a random moment after
+training starts (Keras' first "Epoch" line), up to as long as the reference run took from there
+(so some land in the saving of the model and the log after training). After each kill the tool reads the checkpoint the
 kill left (`state.json`'s step), and each rerun says where it resumed ("Resuming ... (step N of
 the run)"): a rerun that resumes anywhere else than at the last checkpoint, or fails to start,
 counts against the target. Lost work is estimated from Keras' progress output (the steps the
@@ -59,8 +60,12 @@ class _Run:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
+        self.training_since = None
+
     def _read(self):
         for line in self.process.stdout:
+            if self.training_since is None and re.match(r"Epoch \d+/", line):
+                self.training_since = time.perf_counter()
             self.output.append(line)
 
     def text(self):
@@ -146,7 +151,9 @@ def main(argv=None):
     if reference.wait() != 0:
         raise SystemExit("The reference run failed:\n" + reference.text())
     reference_seconds = time.perf_counter() - reference.start
-    print(f"Reference run: {reference_seconds:.1f} s, {steps_per_epoch * args.epochs} steps.", flush=True)
+    training_seconds = time.perf_counter() - reference.training_since
+    print(f"Reference run: {reference_seconds:.1f} s ({training_seconds:.1f} s from the first epoch on), "
+          f"{steps_per_epoch * args.epochs} steps.", flush=True)
 
     out = os.path.join(folder, "killed")
     kills, reruns = [], []
@@ -157,15 +164,15 @@ def main(argv=None):
             reruns.append({"checkpoint": last_checkpoint, "resumed_at": None, "process": run})
         if len(kills) < args.kills:
             mode = "write" if len(kills) % 2 else "random"
-            deadline = run.start + rng.uniform(0.05, 0.9) * reference_seconds
+            delay = rng.uniform(0.0, 1.0) * training_seconds
             while run.process.poll() is None:
                 now = time.perf_counter()
-                if (mode == "write" and _writing(out)) or (mode == "random" and now >= deadline):
+                due = run.training_since is not None and now >= run.training_since + delay
+                if (mode == "write" and _writing(out)) or (mode != "write" and due):
                     run.process.send_signal(signal.SIGKILL)
                     break
                 if mode == "write" and now > run.start + 2 * reference_seconds:
-                    mode = "random (no write seen)"
-                    deadline = now
+                    mode, delay = "random (no write seen)", 0.0
                 time.sleep(0.001)
             code = run.wait()
             if code == -signal.SIGKILL:
