@@ -77,6 +77,11 @@ class _Run:
         return code
 
 
+def _save_output(folder, index, run):
+    with open(os.path.join(folder, f"process_{index:02d}.txt"), "w") as file:
+        file.write(run.text())
+
+
 def _checkpoint_step(out):
     try:
         with open(os.path.join(out, "backup", "state.json")) as file:
@@ -103,6 +108,7 @@ def _reached(text, steps_per_epoch, resumed_at):
     reached = resumed_at or 0
     offset = resumed_at or 0
     epoch = None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # the progress bar's colours
     for token in re.split(r"[\r\n]", text):
         found = re.match(r"Epoch (\d+)/\d+", token)
         if found:
@@ -164,7 +170,9 @@ def main(argv=None):
             reruns.append({"checkpoint": last_checkpoint, "resumed_at": None, "process": run})
         if len(kills) < args.kills:
             mode = "write" if len(kills) % 2 else "random"
-            delay = rng.uniform(0.0, 1.0) * training_seconds
+            # Up to the time the steps left would take (in the reference run), so most kills land in training.
+            left = 1.0 - (last_checkpoint or 0) / (steps_per_epoch * args.epochs)
+            delay = rng.uniform(0.0, 1.0) * max(left, 0.05) * training_seconds
             while run.process.poll() is None:
                 now = time.perf_counter()
                 due = run.training_since is not None and now >= run.training_since + delay
@@ -175,6 +183,7 @@ def main(argv=None):
                     mode, delay = "random (no write seen)", 0.0
                 time.sleep(0.001)
             code = run.wait()
+            _save_output(folder, len(reruns), run)
             if code == -signal.SIGKILL:
                 text = run.text()
                 resumed = _resumed_at(text)
@@ -190,6 +199,7 @@ def main(argv=None):
                 continue
         else:
             code = run.wait()
+            _save_output(folder, len(reruns), run)
         if code != 0:
             raise SystemExit(f"A rerun failed with exit code {code}:\n{run.text()}")
         break
