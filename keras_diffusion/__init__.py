@@ -21,6 +21,7 @@ from keras_diffusion import models
 from keras_diffusion import networks
 from keras_diffusion import parameterizations
 from keras_diffusion import processes
+from keras_diffusion import resume
 from keras_diffusion import samplers
 from keras_diffusion.files import load_model
 from keras_diffusion.models import DDIM
@@ -54,5 +55,6 @@ __all__ = [
     "networks",
     "parameterizations",
     "processes",
+    "resume",
     "samplers",
 ]

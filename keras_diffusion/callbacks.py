@@ -4,9 +4,8 @@
 training progress can be watched as PNG files. `InterruptAtBatchEnd` makes
 Ctrl+C stop training at a batch boundary.
 
-Checkpointing and resuming an interrupted run needs nothing extra here: use
-Keras' own `keras.callbacks.BackupAndRestore(backup_dir)`, which restores
-the weights, optimizer state and epoch counter when `fit` is called again.
+Checkpointing and resuming an interrupted run exactly (inside an epoch too,
+with the data order and the random generators) is `keras_diffusion.resume`.
 """
 
 import os

@@ -20,8 +20,9 @@ import uuid
 def replace_atomically(path, write):
     """Calls `write(tmp_path)` on a temp path beside `path`, then renames it to `path`.
 
-    The temp name keeps the extension, because writers such as `Model.save`
-    pick the format from it. A failed write leaves `path` as it was.
+    The temp name keeps the extension, every part of it (`.weights.h5`),
+    because writers such as `Model.save` and `Model.save_weights` check it.
+    A failed write leaves `path` as it was.
 
     Args:
         path: the destination file.
@@ -41,8 +42,8 @@ def replace_atomically(path, write):
         raise IsADirectoryError(
             f"Cannot write {path!r}: it is an existing folder. Pass a file path instead."
         )
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+    stem, dot, ext = name.partition(".")
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:12]}.tmp{dot}{ext}")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -82,15 +82,15 @@ def test_train_writes_model_grid_and_log_and_resumes(trained):
         assert (out / name).is_file()
         assert str(out / name) in stdout
     assert "images/s" in stdout
-    assert not (out / "backup").exists()  # Keras deletes the backup after a finished fit.
+    assert not (out / "backup").exists()  # deleted once the model and the log are saved
     assert Image.open(out / "samples.png").size == (38, 38)  # 2x2 cells of 16 + padding 2.
     log = json.loads((out / "train_log.json").read_text())
     assert log["backend"] == BACKEND and f"the {BACKEND} backend" in stdout
     assert log["args"]["widths"] == [8]
     assert (log["args"]["sampler"], log["args"]["steps"]) == ("ddim", 3)
-    epochs = [entry["epoch"] for entry in log["epochs"]]
-    # Resumed after at least one finished epoch, and ran up to the last one.
-    assert 1 < epochs[0] and epochs == list(range(epochs[0], 5))
+    # The whole run's epochs, those before the interruption too, and where it resumed.
+    assert [entry["epoch"] for entry in log["epochs"]] == list(range(1, 5))
+    assert log["resumed"][0]["epoch"] > 1 and "Trained 4 epoch(s)" in stdout
     assert log["train_seconds"] > 0 and log["images_per_second"] > 0
     assert not [name for name in os.listdir(out) if name.endswith(".tmp.keras")]
 

@@ -35,6 +35,8 @@ def test_temp_path_keeps_the_extension(tmp_path):
     seen = []
     replace_atomically(tmp_path / "model.keras", lambda tmp: (seen.append(tmp), open(tmp, "w").close()))
     assert seen[0].endswith(".keras") and seen[0] != str(tmp_path / "model.keras")
+    replace_atomically(tmp_path / "a.weights.h5", lambda tmp: (seen.append(tmp), open(tmp, "w").close()))
+    assert seen[1].endswith(".tmp.weights.h5")
 
 
 def test_bytes_writer_gets_an_open_file(tmp_path):

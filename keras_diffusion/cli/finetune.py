@@ -12,7 +12,7 @@ It writes into `--out`:
   rendered before and after training;
 - `train_log.json`: the loss per epoch, parameter counts and times;
 - `backup/` while training: rerunning an interrupted command with the same
-  `--out` resumes from the last finished epoch (`train.fit_with_backup`).
+  `--out` resumes exactly from its last checkpoint (`train.fit_with_backup`).
 
 `--data pokemon` downloads keras.io's Pokemon BLIP captions (network needed).
 """
@@ -27,6 +27,7 @@ from keras_diffusion.cli.args import add_sd3_model_args
 from keras_diffusion.cli.args import load_sd3
 from keras_diffusion.cli.args import momentum
 from keras_diffusion.cli.args import positive_int
+from keras_diffusion.cli.train import add_checkpoint_flag
 from keras_diffusion.cli.train import fit_with_backup
 from keras_diffusion.sd3.finetune import WEIGHTING_SCHEMES
 from keras_diffusion.sd3.lora import LAYOUTS
@@ -55,6 +56,7 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the data")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="examples per step")
+    add_checkpoint_flag(parser)
     parser.add_argument(
         "--learning-rate", type=float, default=None,
         help="AdamW learning rate (default: " + ", ".join(f"{rate:g} for {name}" for name, rate in METHODS.items()) + ")",
@@ -239,7 +241,7 @@ def _finetune(args, model, dataset):
         trainable, total = count_params(trainer.trainable_variables), model.backbone.count_params()
     print(f"Training {trainable:,} of the model's {total:,} parameters ({trainable / total:.3%}).")
     start = time.time()
-    history, _ = fit_with_backup(trainer, batches, out=args.out, epochs=args.epochs, verbose=2)
+    backup = fit_with_backup(trainer, batches, args=args, epochs=args.epochs, verbose=2)
     seconds = time.time() - start
     written.append(samples("samples_after.png"))
     if inversion is not None:
@@ -253,8 +255,8 @@ def _finetune(args, model, dataset):
         "method": args.method,
         "preset": args.preset,
         "images": len(dataset),
-        "epochs_run": len(history.history.get("loss", [])),
-        "loss": history.history.get("loss", []),
+        "epochs": backup.log,
+        "resumed": backup.resumes,
         "optimizer_steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -263,6 +265,7 @@ def _finetune(args, model, dataset):
         "seed": seed,
     }
     written.append(write_json(os.path.join(args.out, "train_log.json"), log))
+    backup.delete()  # only now: a kill before this point still resumes
     return written
 
 

@@ -1,8 +1,8 @@
 """`train ddpm|ddim|flow|edm`: train a diffusion model on a dataset, with a grid of samples.
 
 Each family loads the data, builds a U-Net from a preset, trains its model
-with Keras' `fit()` (`fit_with_backup`: resuming an interrupted run from
-`OUT/backup`), and saves `OUT/model.keras`, `OUT/samples.png` (sampled with
+with Keras' `fit()` (`fit_with_backup`: an interrupted run resumes exactly
+from `OUT/backup`), and saves `OUT/model.keras`, `OUT/samples.png` (sampled with
 the family's default sampler unless told otherwise) and `OUT/train_log.json`.
 
 Example:
@@ -175,7 +175,7 @@ def add_parser(subparsers):
         __name__,
         help="train a diffusion model (ddpm, ddim, flow or edm)",
         description="Trains a diffusion model and saves it with a grid of samples. Re-running an\n"
-        "interrupted command resumes from the last finished epoch.\n\n"
+        "interrupted command resumes exactly where its last checkpoint left it.\n\n"
         "Examples:\n"
         "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
         "  python -m keras_diffusion train flow --dataset mnist --out runs/flow\n"
@@ -193,7 +193,8 @@ def _add_family_parser(subparsers, name, family):
         name,
         help=family.help,
         description=f"Trains {family.help}.\nSaves the model, a grid of samples and a log; re-running "
-        "an interrupted command\nresumes from the last finished epoch.\n\n"
+        "an interrupted command\nresumes exactly where its last checkpoint (every epoch end, and "
+        "every --checkpoint-every steps) left it.\n\n"
         f"Example:\n  python -m keras_diffusion train {name} --dataset mnist --out runs/{name}",
     )
     parser.add_argument(
@@ -284,6 +285,7 @@ def _add_family_parser(subparsers, name, family):
         "is saved and sampled from; 0 turns it off. Its time scale is "
         "1 / (1 - EMA) steps: keep it well below the number of training steps",
     )
+    add_checkpoint_flag(optim)
     optim.add_argument(
         "--sample-every", type=non_negative_int, default=0,
         help="also write OUT/samples/epoch_NNNN.png every this many epochs (0: never)",
@@ -293,56 +295,80 @@ def _add_family_parser(subparsers, name, family):
     )
 
 
-def fit_with_backup(model, x, *, out, epochs, callbacks=(), verbose=1, **fit_kwargs):
-    """Runs `model.fit`, resumable: the one training loop of every CLI command.
+# Flags that shape only what happens after training, or how often it checkpoints:
+# a rerun that resumes may change them.
+NOT_RUN_FLAGS = (
+    "out", "backend", "checkpoint_every", "sample_every", "num_samples",
+    "sampler", "steps", "eta", "sigma_schedule", "timestep_spacing", "clip_sample", "sample_prompts",
+)
 
-    An interrupted run (Ctrl+C stops at the end of a batch) resumes from the
-    last finished epoch when called again with the same `out`, through
-    `keras.callbacks.BackupAndRestore(out/backup)`.
+
+def fit_with_backup(model, data, *, args, epochs, callbacks=(), verbose=1):
+    """Runs `fit()` with exact resume: the one training loop of every CLI command.
+
+    Checkpoints go to `OUT/backup` at every epoch end and, with
+    `--checkpoint-every N`, every N steps (`keras_diffusion.resume`). A rerun
+    of the same command after Ctrl+C (which stops at the end of a batch), a
+    crash or a kill continues from the last checkpoint exactly: the same
+    data order, noise, optimizer and EMA state as the uninterrupted run. A
+    rerun with other training arguments is refused with the first difference.
 
     Args:
         model: a compiled, built `keras.Model`.
-        x: the training data, as `fit()` takes it.
-        out: the output folder; the backup lives in `out/backup`.
+        data: a `keras_diffusion.resume.ResumableBatches` (or a subclass,
+            such as `sd3.TrainingBatches`).
+        args: the command's parsed arguments: `out`, `checkpoint_every`, and
+            the training arguments a checkpoint must agree with.
         epochs: the total number of epochs, counting those of earlier runs.
         callbacks: further callbacks, e.g. a `SampleGrid`.
         verbose: `fit()`'s verbosity.
-        **fit_kwargs: further `fit()` arguments, e.g. `batch_size`, `shuffle`.
 
     Returns:
-        `(history, epoch_seconds)`: the `History` of the epochs this call ran
-        and `{epoch: seconds}` for them.
+        The `ExactBackupAndRestore`: its `log` holds every epoch of the run
+        (earlier processes' too) and `resumes` where it resumed. Call its
+        `delete()` once the results are saved.
 
     Example:
-    >>> history, seconds = fit_with_backup(model, images, out="runs/x", epochs=5,
-    ...                                    batch_size=32)  # doctest: +SKIP
+    >>> backup = fit_with_backup(model, ResumableBatches(images, 32), args=args, epochs=5)  # doctest: +SKIP
     """
-    import keras
-
+    from keras_diffusion import resume
     from keras_diffusion.callbacks import InterruptAtBatchEnd
 
-    starts, epoch_seconds = {}, {}
+    run_config = {
+        (key if key in ("command", "model") else "--" + key.replace("_", "-")): value
+        for key, value in vars(args).items()
+        if key not in NOT_RUN_FLAGS
+    }
+    backup = resume.ExactBackupAndRestore(
+        os.path.join(args.out, "backup"), data, save_freq=getattr(args, "checkpoint_every", 0) or "epoch",
+        run_config=run_config, delete_checkpoint=False,
+    )
+    position = backup.saved_position()
+    if position is not None:
+        print(
+            f"Resuming from {backup.backup_dir} at epoch {position[0] + 1}, step {position[1]} "
+            f"(step {position[0] * data.steps_per_epoch + position[1]} of the run)."
+        )
     interrupt = InterruptAtBatchEnd()
-    backup = os.path.join(out, "backup")
-    all_callbacks = [
-        interrupt,
-        keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs: starts.update({epoch: time.perf_counter()}),
-            on_epoch_end=lambda epoch, logs: epoch_seconds.update({epoch: time.perf_counter() - starts[epoch]}),
-        ),
-        keras.callbacks.BackupAndRestore(backup),
-        *callbacks,
-    ]
     try:
-        history = model.fit(x, epochs=epochs, callbacks=all_callbacks, verbose=verbose, **fit_kwargs)
+        resume.fit(model, backup, epochs=epochs, callbacks=[interrupt, *callbacks], verbose=verbose)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
-            "Interrupted. Run the same command again to resume from the last finished "
-            f"epoch (saved in {backup!r})."
+            "Interrupted. Run the same command again to resume from the last checkpoint "
+            f"(saved in {backup.backup_dir!r})."
         ) from None
     finally:
         interrupt.on_train_end()  # restores Ctrl+C if fit() ended early
-    return history, epoch_seconds
+    return backup
+
+
+def add_checkpoint_flag(parser):
+    """`--checkpoint-every N`: checkpoint every N steps too, so a rerun resumes inside an epoch."""
+    parser.add_argument(
+        "--checkpoint-every", type=non_negative_int, default=0,
+        help="also checkpoint to OUT/backup every this many steps, so that a rerun after an "
+        "interruption resumes inside the epoch (0: at epoch ends only)",
+    )
 
 
 def _load_images(args, preset_shape):
@@ -426,14 +452,13 @@ def run(args):
                 num_images=args.num_samples, seed=args.seed, **sampling,
             )
         )
-    start = time.perf_counter()
-    history, epoch_seconds = fit_with_backup(
-        model, images, out=args.out, epochs=args.epochs, callbacks=callbacks,
-        batch_size=args.batch_size, shuffle=True,
-    )
-    train_seconds = time.perf_counter() - start
-    # After a resume, `history` holds only the epochs run by this process.
-    images_per_second = len(images) * len(history.epoch) / train_seconds
+    from keras_diffusion.resume import ResumableBatches
+
+    data = ResumableBatches(images, args.batch_size, seed=args.seed)
+    backup = fit_with_backup(model, data, args=args, epochs=args.epochs, callbacks=callbacks)
+    # The whole run's epochs, those of earlier processes included (resumed runs).
+    train_seconds = sum(entry["seconds"] for entry in backup.log)
+    images_per_second = len(images) * len(backup.log) / max(train_seconds, 1e-9)
     model_path = replace_atomically(os.path.join(args.out, "model.keras"), model.save)
 
     print(f"Generating {args.num_samples} samples ({args.sampler}, {args.steps} steps)...")
@@ -449,10 +474,8 @@ def run(args):
         "num_train_images": len(images),
         "image_shape": list(image_shape),
         "num_parameters": num_parameters,
-        "epochs": [
-            {"epoch": epoch + 1, "loss": float(loss), "seconds": round(epoch_seconds[epoch], 3)}
-            for epoch, loss in zip(history.epoch, history.history["loss"])
-        ],
+        "epochs": backup.log,
+        "resumed": backup.resumes,
         "train_seconds": round(train_seconds, 3),
         "images_per_second": round(images_per_second, 3),
         "sample_seconds": round(sample_seconds, 3),
@@ -460,9 +483,11 @@ def run(args):
         "samples": grid_path,
     }
     log_path = write_json(os.path.join(args.out, "train_log.json"), log)
+    backup.delete()  # only now: a kill before this point still resumes
+    resumed = "".join(f" Resumed at epoch {mark['epoch']}, step {mark['step']}." for mark in backup.resumes)
     print(
-        f"Trained {len(history.epoch)} epoch(s) in {train_seconds:.1f} s "
-        f"({images_per_second:.1f} images/s).\n"
+        f"Trained {len(backup.log)} epoch(s) in {train_seconds:.1f} s "
+        f"({images_per_second:.1f} images/s).{resumed}\n"
         f"Model:   {model_path}\nSamples: {grid_path}\nLog:     {log_path}"
     )
     return 0

@@ -38,6 +38,7 @@ from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
 from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
+from keras_diffusion.resume import ResumableBatches
 from keras_diffusion.samplers import SAMPLERS
 from keras_diffusion.samplers import get_sampler
 from keras_diffusion.samplers import get_sigmas
@@ -288,7 +289,11 @@ class DiffusionModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs)."""
+        """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs).
+
+        A `keras_diffusion.resume.ResumableBatches` is fitted with
+        `shuffle=False`: its batches are already shuffled by (seed, epoch).
+        """
         images = _images_of(x)
         if isinstance(images, np.ndarray):
             validate_images(images, expected_shape=self.image_shape)
@@ -299,6 +304,8 @@ class DiffusionModel(keras.Model):
         # Checked here, not only in call(): an error raised inside a JAX
         # train step is masked by Keras' EMA finalization ("'NoneType' object
         # is not callable").
+        if isinstance(x, ResumableBatches):
+            kwargs["shuffle"] = False  # they shuffle by (seed, epoch) themselves, reproducibly
         history = super().fit(x, y, *args, **kwargs)
         if getattr(self.optimizer, "use_ema", False):
             # fit() ends by assigning the EMA variables' values to the model's.

@@ -7,6 +7,7 @@ custom Model classes.
 """
 
 import numbers
+import random
 
 import keras
 from keras import layers
@@ -130,7 +131,9 @@ def _residual_block(x, temb, width, groups, dropout, data_format, name):
     h = GroupNorm(groups, axis=axis, name=f"{name}_norm2")(h)
     h = layers.Activation("swish")(h)
     if dropout > 0:
-        h = layers.Dropout(dropout)(h)
+        # A seed (drawn as Keras draws a missing one) keeps torch's dropout on a SeedGenerator,
+        # whose state a checkpoint restores; without one, torch uses its global generator.
+        h = layers.Dropout(dropout, seed=random.randint(1, int(1e9)))(h)
     h = layers.Conv2D(width, 3, padding="same", data_format=data_format, name=f"{name}_conv2")(h)
     return layers.Add(name=f"{name}_out")([h, residual])
 

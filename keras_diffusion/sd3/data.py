@@ -19,13 +19,14 @@ fine-tuning example, when the network allows.
 """
 
 import json
-import math
 import os
 import tarfile
 
 import keras
 import numpy as np
 from PIL import Image, ImageOps
+
+from keras_diffusion.resume import ResumableBatches
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 METADATA_FILE = "metadata.jsonl"
@@ -269,7 +270,7 @@ def tokenize(model, captions):
     return {name: np.asarray(keras.ops.convert_to_numpy(ids), np.int32) for name, ids in token_ids.items()}
 
 
-class TrainingBatches(keras.utils.PyDataset):
+class TrainingBatches(ResumableBatches):
     """Batches of training examples for `FlowMatchingTrainer.fit()`.
 
     Each example is either raw (`"images"` float in [-1, 1] and
@@ -295,30 +296,19 @@ class TrainingBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, examples, batch_size, *, prior=None, random_flip=True, shuffle=True, seed=0):
-        super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+        # The order depends on the examples' count only, so the base class
+        # is given one array of that length; the batches come from batch().
+        super().__init__(np.zeros(_num_examples(examples)), batch_size, seed=seed, shuffle=shuffle)
         self.examples = examples
         self.prior = prior
-        self.batch_size = batch_size
         self.random_flip = random_flip
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-        self.num_examples = _num_examples(examples)
         self.num_prior = None if prior is None else _num_examples(prior)
 
-    def __len__(self):
-        return math.ceil(self.num_examples / self.batch_size)
+    def config(self):
+        return {**super().config(), "data.num_prior": self.num_prior, "data.random_flip": self.random_flip}
 
-    def on_epoch_end(self):
-        self.epoch += 1
-
-    def _rng(self, kind):
-        return np.random.default_rng([self.seed, self.epoch, kind])
-
-    def _select(self, examples, count, index, kind):
-        rng = self._rng(kind)
+    def _select(self, examples, count, epoch, index, kind):
+        rng = np.random.default_rng([self.seed, epoch, kind])
         order = rng.permutation(count) if self.shuffle else np.arange(count)
         flips = rng.random(count) < 0.5 if self.random_flip else np.zeros(count, bool)
         # The prior set is cycled so that every batch has batch_size of them.
@@ -328,14 +318,13 @@ class TrainingBatches(keras.utils.PyDataset):
         chosen = order[positions % count]
         return _take(examples, chosen, flips[chosen])
 
-    def __getitem__(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"Batch {index} out of range for {len(self)} batches.")
-        batch = self._select(self.examples, self.num_examples, index, 0)
+    def batch(self, epoch, step):
+        """Batch `step` of epoch `epoch`: a pure function of the seed and the position."""
+        batch = self._select(self.examples, self.num_examples, epoch, step, 0)
         size = _num_examples(batch)
         batch["prior"] = np.zeros(size, "float32")
         if self.prior is not None:
-            prior = self._select(self.prior, self.num_prior, index, 1)
+            prior = self._select(self.prior, self.num_prior, epoch, step, 1)
             prior["prior"] = np.ones(_num_examples(prior), "float32")
             batch = _concatenate(batch, prior)
         return batch

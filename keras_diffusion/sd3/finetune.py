@@ -51,6 +51,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion.resume import ResumableBatches
+
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
 # The schemes that are densities of t; the others draw t uniformly.
 _DENSITIES = ("logit_normal", "mode")
@@ -386,6 +388,8 @@ class FlowMatchingTrainer(keras.Model):
         twice", so they are copied.
         """
         check_images(x)
+        if isinstance(x, ResumableBatches):
+            kwargs["shuffle"] = False  # TrainingBatches shuffle by (seed, epoch) themselves
         history = super().fit(x, *args, **kwargs)
         if getattr(self.optimizer, "use_ema", False):
             for variable in self.trainable_variables:
