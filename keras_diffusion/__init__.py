@@ -26,10 +26,14 @@ from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import DiffusionModel
 from keras_diffusion.models import FlowMatching
+from keras_diffusion.models import ScoreModel
 from keras_diffusion.processes import ContinuousCosineSchedule
 from keras_diffusion.processes import DiscreteVPSchedule
 from keras_diffusion.processes import EDMProcess
 from keras_diffusion.processes import RectifiedFlow
+from keras_diffusion.processes import VESDE
+from keras_diffusion.processes import VPSDE
+from keras_diffusion.processes import subVPSDE
 
 __version__ = "0.1.0"
 
@@ -43,6 +47,9 @@ __all__ = [
     "EDMProcess",
     "FlowMatching",
     "RectifiedFlow",
+    "ScoreModel",
+    "VESDE",
+    "VPSDE",
     "callbacks",
     "datasets",
     "images",
@@ -52,4 +59,5 @@ __all__ = [
     "parameterizations",
     "processes",
     "samplers",
+    "subVPSDE",
 ]

@@ -166,6 +166,28 @@ class DiffusionModel(keras.Model):
         x0 = self.parameterization.x0(ops.cast(out, "float32"), x, sig, a)
         return ops.clip(x0, -1.0, 1.0) if clip_x0 else x0
 
+    def score(self, x, sigma, labels=None, guidance_scale=None):
+        """The score `grad log p_sigma(x) = (denoise(x, sigma) - x) / sigma**2` in sigma space, for any model.
+
+        Args:
+            x: float tensor `(batch, ...)` in sigma space.
+            sigma: positive noise levels, a float or a tensor `(batch,)`.
+            labels: int labels `(batch,)`, for a conditional model.
+            guidance_scale: classifier-free guidance scale (needs `labels`).
+
+        Returns:
+            float32 tensor shaped like `x`.
+
+        Example:
+        >>> s = model.score(x, 1.0)  # doctest: +SKIP
+        """
+        x = ops.convert_to_tensor(x, "float32")
+        sigma = ops.convert_to_tensor(sigma, "float32")
+        if len(sigma.shape) == 0:
+            sigma = ops.broadcast_to(sigma, (ops.shape(x)[0],))
+        sig = append_dims(sigma, len(x.shape))
+        return (self.denoise(x, sigma, labels, guidance_scale) - x) / ops.square(sig)
+
     # ---------------------------------------------------------------- training
     def _unpack(self, inputs):
         if isinstance(inputs, dict):

@@ -37,7 +37,7 @@ SDE_EPS = 1e-5
 class ScoreSDE(Process):
     """Base of the score SDEs: continuous `t` drawn uniformly from `[eps, 1]`, score_sde's samplers' times.
 
-    A subclass implements `sde`, `marginal_prob`, `prior_std`, `discretize`,
+    A subclass implements `drift`, `diffusion`, `marginal_prob`, `prior_std`, `discretize`,
     `sigma_to_t`, `sigma_to_alpha` and `get_config`.
 
     Args:
@@ -92,8 +92,13 @@ class ScoreSDE(Process):
         return np.append(sigmas, 0.0).astype("float32")
 
     def default_num_steps(self, sampler):
-        """score_sde's `N = 1000` for predictor-corrector; 10 noise levels for annealed Langevin; 50 otherwise."""
-        return {"pc": 1000, "langevin": 10}.get(sampler, 50)
+        """score_sde's `N = 1000` for predictor-corrector, 10 levels for annealed Langevin, 2 for `"ode_rk45"`
+        (one adaptive solve from `sigma_max` to `sigma_min`, then the denoised mean); 50 otherwise."""
+        return {"pc": 1000, "langevin": 10, "ode_rk45": 2}.get(sampler, 50)
+
+    def sde(self, x, t):
+        """`(drift f(x, t), diffusion g(t))`, as score_sde's `SDE.sde`."""
+        return self.drift(x, t), self.diffusion(t)
 
     def _check_t(self, t):
         return ops.cast(ops.convert_to_tensor(t), "float32")
@@ -126,6 +131,10 @@ class _BetaSDE(ScoreSDE):
         span = self.beta_max - self.beta_min
         # (-bmin + sqrt(bmin^2 - 4 span m)) / span, written without cancellation at small t.
         return -4.0 * m / (self.beta_min + ops.sqrt(self.beta_min**2 - 4.0 * span * m))
+
+    def drift(self, x, t):
+        """`-beta(t) x / 2`."""
+        return -0.5 * append_dims(self.beta(t), len(x.shape)) * x
 
     def network_time(self, t):
         """`999 t`: the labels score_sde's DDPM-style networks are conditioned on for VP SDEs."""
@@ -163,10 +172,9 @@ class VPSDE(_BetaSDE):
 
     kind = "vp"
 
-    def sde(self, x, t):
-        """`(drift, diffusion)`: `-beta(t) x / 2` and `sqrt(beta(t))`."""
-        beta = self.beta(t)
-        return -0.5 * append_dims(beta, len(x.shape)) * x, ops.sqrt(beta)
+    def diffusion(self, t):
+        """`sqrt(beta(t))`."""
+        return ops.sqrt(self.beta(t))
 
     def marginal_prob(self, x, t):
         """`(mean, std)` of `x_t | x0 = x`: `exp(m(t)) x` and `sqrt(1 - exp(2 m(t)))` (`x=None`: the coefficient)."""
@@ -218,12 +226,11 @@ class subVPSDE(_BetaSDE):
 
     kind = "subvp"
 
-    def sde(self, x, t):
-        """`(drift, diffusion)` of sub-VP."""
+    def diffusion(self, t):
+        """`sqrt(beta(t) (1 - exp(-2 bmin t - (bmax - bmin) t^2)))`."""
         t = self._check_t(t)
-        beta = self.beta(t)
         discount = -ops.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * ops.square(t))
-        return -0.5 * append_dims(beta, len(x.shape)) * x, ops.sqrt(beta * discount)
+        return ops.sqrt(self.beta(t) * discount)
 
     def marginal_prob(self, x, t):
         """`(mean, std)`: `exp(m(t)) x` and `1 - exp(2 m(t))`."""
@@ -287,9 +294,13 @@ class VESDE(ScoreSDE):
         self.prior_std_xt = self.sigma_max
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
 
-    def sde(self, x, t):
-        """`(0, sigma(t) sqrt(2 log(sigma_max / sigma_min)))`."""
-        return ops.zeros_like(x), self.t_to_sigma(t) * math.sqrt(2.0 * self.log_ratio)
+    def drift(self, x, t):
+        """0."""
+        return ops.zeros_like(x)
+
+    def diffusion(self, t):
+        """`sigma(t) sqrt(2 log(sigma_max / sigma_min))`."""
+        return self.t_to_sigma(t) * math.sqrt(2.0 * self.log_ratio)
 
     def marginal_prob(self, x, t):
         """`(x, sigma(t))`: the mean is `x` itself (`x=None`: the coefficient 1)."""
