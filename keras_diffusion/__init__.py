@@ -15,6 +15,7 @@ from keras_diffusion import callbacks
 from keras_diffusion import datasets
 from keras_diffusion import distribution
 from keras_diffusion import images
+from keras_diffusion import likelihood
 from keras_diffusion import metrics
 from keras_diffusion import models
 from keras_diffusion import networks
@@ -53,6 +54,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "images",
+    "likelihood",
     "metrics",
     "models",
     "networks",

@@ -79,7 +79,8 @@ def test_pc_samples_the_data(name):
 
 def test_pc_with_euler_maruyama_and_more_corrector_steps_samples_the_data():
     options = {"predictor": "euler_maruyama", "n_steps": 2}
-    got = exact_model("vp").generate(2048, num_steps=100, seed=1, sampler_options=options, return_float=True, verbose=False)
+    got = exact_model("vp").generate(2048, num_steps=100, seed=1, sampler_options=options, return_float=True,
+                                     verbose=False)
     assert abs(got.mean() - MU) < 0.03 and abs(got.std() - S) < 0.03
     with pytest.raises(ValueError, match="Unknown predictor: 'heun'"):
         exact_model().generate(2, num_steps=2, sampler_options={"predictor": "heun"}, verbose=False)

@@ -36,6 +36,7 @@ from keras import ops
 from keras_diffusion.compile import CompiledLoop
 from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
+from keras_diffusion.likelihood import log_likelihood
 from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
 from keras_diffusion.samplers import SAMPLERS
@@ -187,6 +188,17 @@ class DiffusionModel(keras.Model):
             sigma = ops.broadcast_to(sigma, (ops.shape(x)[0],))
         sig = append_dims(sigma, len(x.shape))
         return (self.denoise(x, sigma, labels, guidance_scale) - x) / ops.square(sig)
+
+    def log_likelihood(self, images, **kwargs):
+        """Bits/dim of each image `(N, *image_shape)` in [0, 255], through the probability-flow ODE.
+
+        See `keras_diffusion.likelihood.log_likelihood` for the options
+        (`dequantize`, `probe`, `num_probes`, `rtol`, `atol`, `seed`, ...).
+
+        Example:
+        >>> bpd = model.log_likelihood(test_images[:100], seed=0)  # doctest: +SKIP
+        """
+        return log_likelihood(self, images, **kwargs)
 
     # ---------------------------------------------------------------- training
     def _unpack(self, inputs):
