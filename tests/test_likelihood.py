@@ -94,3 +94,16 @@ def test_a_backend_without_jvp_is_refused(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
     with pytest.raises(ValueError, match="keras.ops.jvp.*KERAS_BACKEND=jax, tensorflow or torch"):
         log_likelihood(exact_model("ve"), np.zeros((2, 2)))
+
+
+def test_every_model_family_has_a_likelihood():
+    """An EDM with its exact denoiser: the same ODE over EDMProcess's sigma_range (0.002 to 80)."""
+    from keras_diffusion.models import EDM
+    from tests.oracles import ExactEDMOutput
+    from tests.oracles import stand_in
+
+    model = EDM(stand_in(ExactEDMOutput()))
+    images = np.random.default_rng(3).integers(80, 200, (8, 2)).astype("uint8")
+    bpd = model.log_likelihood(images, dequantize=False, seed=0)
+    expected = -_expected(images / 127.5 - 1.0, 0.002, 80.0, 80.0) / (2 * np.log(2)) + 7.0
+    np.testing.assert_allclose(bpd, expected, atol=5e-3)

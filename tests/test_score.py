@@ -205,3 +205,21 @@ def test_ode_rk45_is_deterministic_and_chunks_like_one_loop():
     sigmas = model.process.sigmas(4)
     whole = sample("ode_rk45", model.denoise, noise * model.process.prior_std(sigmas[0]), sigmas)
     np.testing.assert_allclose(a, ops.convert_to_numpy(whole), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_trained_score_model_samples_a_gaussian_mixture():
+    """VE score matching on a 2-D mixture of two Gaussians; PC samples land on both modes, in proportion."""
+    rng = np.random.default_rng(0)
+    centers = np.array([[-1.0, 0.0], [1.0, 0.0]], "float32")
+    data = (centers[rng.integers(0, 2, 8192)] + 0.1 * rng.normal(size=(8192, 2))).astype("float32")
+    model = ScoreModel(mlp(width=128), sde=VESDE(sigma_min=0.01, sigma_max=3.0), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    model.fit(data, epochs=40, batch_size=256, verbose=0)
+    got = model.generate(2000, num_steps=200, seed=0, return_float=True, verbose=False)
+    nearest = np.argmin(((got[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+    assert abs(np.mean(nearest) - 0.5) < 0.1
+    for k in range(2):
+        close = got[nearest == k]
+        np.testing.assert_allclose(close.mean(0), centers[k], atol=0.1)
+        assert np.all(close.std(0) < 0.25)
