@@ -16,6 +16,7 @@ from keras_diffusion import callbacks
 from keras_diffusion import datasets
 from keras_diffusion import distribution
 from keras_diffusion import images
+from keras_diffusion import likelihood
 from keras_diffusion import metrics
 from keras_diffusion import models
 from keras_diffusion import networks
@@ -29,10 +30,14 @@ from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import DiffusionModel
 from keras_diffusion.models import FlowMatching
+from keras_diffusion.models import ScoreModel
 from keras_diffusion.processes import ContinuousCosineSchedule
 from keras_diffusion.processes import DiscreteVPSchedule
 from keras_diffusion.processes import EDMProcess
 from keras_diffusion.processes import RectifiedFlow
+from keras_diffusion.processes import VESDE
+from keras_diffusion.processes import VPSDE
+from keras_diffusion.processes import subVPSDE
 
 __version__ = "0.1.0"
 
@@ -46,9 +51,13 @@ __all__ = [
     "EDMProcess",
     "FlowMatching",
     "RectifiedFlow",
+    "ScoreModel",
+    "VESDE",
+    "VPSDE",
     "callbacks",
     "datasets",
     "images",
+    "likelihood",
     "load_model",
     "metrics",
     "models",
@@ -57,4 +66,5 @@ __all__ = [
     "processes",
     "resume",
     "samplers",
+    "subVPSDE",
 ]

@@ -49,7 +49,7 @@ class Parameterization:
     """
 
     name = None
-    kinds = ("vp", "flow", "ve")
+    kinds = ("vp", "subvp", "flow", "ve")
     hint = ""
 
     def __init__(self, process):

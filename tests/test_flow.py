@@ -17,7 +17,7 @@ from oracles import exact_velocity
 from oracles import mlp
 from oracles import stand_in
 
-DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc")
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc", "rk4", "ode_rk45")
 
 
 def exact_model(shift=1.0):
@@ -60,7 +60,9 @@ def test_the_velocity_oracle_is_the_derivative_of_the_flow_map():
     np.testing.assert_allclose((flow(t + dt) - flow(t - dt)) / (2 * dt), exact_velocity(flow(t), t), atol=1e-6)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+# Annealed Langevin takes 100 steps per level (20,000 here) and its step size is NCSN's, relative to the
+# smallest level: tests/test_score.py checks it on the levels it is made for.
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"langevin"}))
 def test_every_sampler_works_on_a_flow(sampler):
     model = exact_model()
     n = 512 if sampler in DETERMINISTIC else 4096

@@ -23,7 +23,7 @@ from keras_diffusion.samplers import sample
 
 S_D = 0.5
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc")
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "lms", "unipc", "rk4", "ode_rk45")
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")
 
 
@@ -88,7 +88,8 @@ def test_deterministic_samplers_solve_the_gaussian_ode(name):
     x = _x_T()
     out = ops.convert_to_numpy(sample(name, ideal_denoiser, x, karras_sigmas(40, SIGMA_MIN, SIGMA_MAX)))
     scale = np.abs(_exact(x)).max()
-    tolerance = {"ddim": 0.08, "euler": 0.08, "heun": 0.02, "dpmpp_2m": 0.02, "lms": 0.01, "unipc": 0.02}[name]
+    tolerance = {"ddim": 0.08, "euler": 0.08, "heun": 0.02, "dpmpp_2m": 0.02, "lms": 0.01, "unipc": 0.02, "rk4": 0.01,
+                 "ode_rk45": 0.001}[name]
     assert np.abs(out - _exact(x)).max() < tolerance * scale
 
 
@@ -129,7 +130,9 @@ def test_stochastic_samplers_sample_the_data_distribution(name):
     assert abs(out.mean()) < 0.02
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+# The score samplers nest loops (Langevin steps, RK45's adaptive while-loop) that take JAX ~10 s to
+# compile per call; tests/test_score.py checks them on the 2-D oracle.
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"langevin", "pc", "ode_rk45"}))
 def test_the_seed_reaches_every_step_of_stochastic_samplers(name):
     """Regression test: the seed must reach the per-step (SDE) noise.
 

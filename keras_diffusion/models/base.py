@@ -36,6 +36,7 @@ from keras import ops
 from keras_diffusion.compile import CompiledLoop
 from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
+from keras_diffusion.likelihood import log_likelihood
 from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
 from keras_diffusion.resume import ResumableBatches
@@ -166,6 +167,39 @@ class DiffusionModel(keras.Model):
         out = self._network_output(network_input, self.process.sigma_to_t(sigma), labels, guidance_scale)
         x0 = self.parameterization.x0(ops.cast(out, "float32"), x, sig, a)
         return ops.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+    def score(self, x, sigma, labels=None, guidance_scale=None):
+        """The score `grad log p_sigma(x) = (denoise(x, sigma) - x) / sigma**2` in sigma space, for any model.
+
+        Args:
+            x: float tensor `(batch, ...)` in sigma space.
+            sigma: positive noise levels, a float or a tensor `(batch,)`.
+            labels: int labels `(batch,)`, for a conditional model.
+            guidance_scale: classifier-free guidance scale (needs `labels`).
+
+        Returns:
+            float32 tensor shaped like `x`.
+
+        Example:
+        >>> s = model.score(x, 1.0)  # doctest: +SKIP
+        """
+        x = ops.convert_to_tensor(x, "float32")
+        sigma = ops.convert_to_tensor(sigma, "float32")
+        if len(sigma.shape) == 0:
+            sigma = ops.broadcast_to(sigma, (ops.shape(x)[0],))
+        sig = append_dims(sigma, len(x.shape))
+        return (self.denoise(x, sigma, labels, guidance_scale) - x) / ops.square(sig)
+
+    def log_likelihood(self, images, **kwargs):
+        """Bits/dim of each image `(N, *image_shape)` in [0, 255], through the probability-flow ODE.
+
+        See `keras_diffusion.likelihood.log_likelihood` for the options
+        (`dequantize`, `probe`, `num_probes`, `rtol`, `atol`, `seed`, ...).
+
+        Example:
+        >>> bpd = model.log_likelihood(test_images[:100], seed=0)  # doctest: +SKIP
+        """
+        return log_likelihood(self, images, **kwargs)
 
     # ---------------------------------------------------------------- training
     def _unpack(self, inputs):

@@ -20,6 +20,8 @@ samplers, everything about its time and noise:
 | `ContinuousCosineSchedule` | keras.io DDIM | `cos(angle) x0 + sin(angle) eps`, `t` in [0, 1] | `sin(angle)**2` |
 | `RectifiedFlow` | Liu et al. 2022; Esser et al. 2024 (SD3) | `(1 - t) x0 + t eps`, noise at `t = 1` | `t` |
 | `EDMProcess` | Karras et al. 2022 | `x0 + t eps` (`t` is sigma) | `log(sigma) / 4` |
+| `VESDE` | Song et al. 2021 (score SDE) | `x0 + smin (smax / smin)^t eps`, `t` in [1e-5, 1] | `log(sigma)` |
+| `VPSDE`, `subVPSDE` | Song et al. 2021 (score SDE) | `exp(m(t)) x0 + std(t) eps`, `t` in [1e-5, 1] | `999 t` |
 
 Example:
 >>> import numpy as np
@@ -42,6 +44,12 @@ from keras_diffusion.processes.discrete_vp import DiscreteVPSchedule
 from keras_diffusion.processes.edm import EDMProcess
 from keras_diffusion.processes.flow import TIME_SAMPLINGS
 from keras_diffusion.processes.flow import RectifiedFlow
+from keras_diffusion.processes.sde import SDES
+from keras_diffusion.processes.sde import VESDE
+from keras_diffusion.processes.sde import VPSDE
+from keras_diffusion.processes.sde import ScoreSDE
+from keras_diffusion.processes.sde import get_sde
+from keras_diffusion.processes.sde import subVPSDE
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -52,5 +60,11 @@ __all__ = [
     "EDMProcess",
     "Process",
     "RectifiedFlow",
+    "SDES",
+    "ScoreSDE",
+    "VESDE",
+    "VPSDE",
     "append_dims",
+    "get_sde",
+    "subVPSDE",
 ]

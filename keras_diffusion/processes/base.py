@@ -31,8 +31,9 @@ class Process:
 
     Attributes:
         kind: `"vp"` (variance preserving, `alpha**2 + sigma**2 = 1`),
-            `"flow"` (`alpha + sigma = 1`, rectified flow) or `"ve"`
-            (variance exploding, `alpha = 1`). Parameterizations check it
+            `"flow"` (`alpha + sigma = 1`, rectified flow), `"subvp"`
+            (`sigma = 1 - alpha**2`, the sub-VP SDE) or `"ve"` (variance
+            exploding, `alpha = 1`). Parameterizations check it
             (`keras_diffusion.parameterizations`).
         default_timestep_spacing: the spacing `sigmas()` uses by default.
     """

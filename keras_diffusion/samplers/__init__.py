@@ -17,6 +17,15 @@ descending `sigmas` (ending with 0, see `keras_diffusion.samplers.sigmas`).
 | `dpmpp_2m_sde` | 2, stochastic | N | `eta`, `s_noise` |
 | `lms` | up to 4 (multistep) | N | `order` |
 | `unipc` | 2 (multistep predictor-corrector) | N | |
+| `rk4` | 4 | 4N - 3 | |
+| `ode_rk45` | 5 (adaptive) | as the tolerance needs | `rtol`, `atol` |
+| `langevin` | annealed Langevin (NCSN), stochastic | `n_steps_each` N + 1 | `step_size`, `n_steps_each` |
+| `pc` | predictor-corrector (score SDE), stochastic | (`n_steps` + 1) N | `predictor`, `snr`, `n_steps` |
+
+`rk4` and `ode_rk45` solve the probability-flow ODE (`samplers.ode`;
+`solve_rk45` reports its evaluations); `langevin` and `pc` follow the score
+`(D(x, sigma) - x) / sigma**2` (`samplers.langevin`). The counts of
+`num_model_evaluations` for these two are at their default options.
 
 With classifier-free guidance each evaluation runs the network on a batch
 twice the size (conditional and unconditional halves).
@@ -46,9 +55,18 @@ from keras_diffusion.samplers.dpmpp import dpmpp_2m_step
 from keras_diffusion.samplers.euler import euler_step
 from keras_diffusion.samplers.euler import heun_step
 from keras_diffusion.samplers.inversion import invert
+from keras_diffusion.samplers.langevin import PREDICTORS
+from keras_diffusion.samplers.langevin import denoiser_score
+from keras_diffusion.samplers.langevin import langevin_step
+from keras_diffusion.samplers.langevin import ncsn_sigmas
+from keras_diffusion.samplers.langevin import pc_step
 from keras_diffusion.samplers.lms import lms_step
 from keras_diffusion.samplers.loop import run_steps
 from keras_diffusion.samplers.loop import step_noise
+from keras_diffusion.samplers.ode import probability_flow
+from keras_diffusion.samplers.ode import rk4_step
+from keras_diffusion.samplers.ode import rk45_step
+from keras_diffusion.samplers.ode import solve_rk45
 from keras_diffusion.samplers.sigmas import SIGMA_SCHEDULES
 from keras_diffusion.samplers.sigmas import exponential_sigmas
 from keras_diffusion.samplers.sigmas import get_sigmas
@@ -107,6 +125,12 @@ SAMPLERS = {
         Sampler("dpmpp_2m_sde", dpmpp_2m_sde_step, options={"eta": 1.0, "s_noise": 1.0}, state_size=lambda o: 1),
         Sampler("lms", lms_step, options={"order": 4}, state_size=lambda options: options["order"] - 1),
         Sampler("unipc", unipc_step, state_size=lambda options: 3),
+        Sampler("rk4", rk4_step, evaluations_per_step=4),
+        Sampler("ode_rk45", rk45_step, options={"rtol": 1e-5, "atol": 1e-5}),
+        Sampler("langevin", langevin_step, options={"step_size": 2e-5, "n_steps_each": 100},
+                evaluations_per_step=100, last_step_evaluations=101),
+        Sampler("pc", pc_step, options={"predictor": "reverse_diffusion", "snr": 0.16, "n_steps": 1},
+                evaluations_per_step=2, last_step_evaluations=2),
     )
 }
 
@@ -212,18 +236,26 @@ sample_dpmpp_2m = _sample_function("dpmpp_2m")
 sample_dpmpp_2m_sde = _sample_function("dpmpp_2m_sde")
 sample_lms = _sample_function("lms")
 sample_unipc = _sample_function("unipc")
+sample_rk4 = _sample_function("rk4")
+sample_ode_rk45 = _sample_function("ode_rk45")
+sample_langevin = _sample_function("langevin")
+sample_pc = _sample_function("pc")
 
 __all__ = [
+    "PREDICTORS",
     "SAMPLERS",
     "SIGMA_SCHEDULES",
     "Sampler",
     "check_sigmas",
+    "denoiser_score",
     "exponential_sigmas",
     "get_sampler",
     "get_sigmas",
     "invert",
     "karras_sigmas",
+    "ncsn_sigmas",
     "num_model_evaluations",
+    "probability_flow",
     "run_steps",
     "sample",
     "sample_ddim",
@@ -233,7 +265,12 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_langevin",
     "sample_lms",
+    "sample_ode_rk45",
+    "sample_pc",
+    "sample_rk4",
     "sample_unipc",
+    "solve_rk45",
     "step_noise",
 ]

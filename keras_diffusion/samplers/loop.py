@@ -5,7 +5,8 @@ A sampler is a step function
 moves `x` from noise level `sigmas[i]` to `sigmas[i + 1]`. `state` is a tuple
 of tensors shaped like `x` that multistep samplers carry between steps
 (previous denoised images or derivatives); `noise()` draws this step's
-standard normal noise. `run_steps` runs such a function over steps
+standard normal noise, and `noise(k)` (`k` an int or int tensor) an
+independent draw of stream `k`, for samplers that need several per step. `run_steps` runs such a function over steps
 `[start, stop)` with `ops.fori_loop`, so a whole loop (or a chunk of it, to
 drive a progress bar) compiles to one program on every backend.
 """
@@ -29,11 +30,12 @@ class _TensorSeed(keras.random.SeedGenerator):
         return self._seed
 
 
-def step_noise(shape, seed, step):
+def step_noise(shape, seed, step, stream=0):
     """Standard normal noise for loop step `step`, derived from a `(2,)` seed tensor.
 
     `seed` is a seed tensor as `keras.random.SeedGenerator(n).next()` returns
-    it. The same `(seed, step)` gives the same noise on the same backend.
+    it. The same `(seed, step, stream)` gives the same noise on the same
+    backend; stream 0 is the one `noise()` draws.
 
     Example:
     >>> seed = keras.random.SeedGenerator(0).next()
@@ -42,6 +44,9 @@ def step_noise(shape, seed, step):
     >>> bool(ops.all(a == b))
     True
     """
+    # Streams shift the step counter by a prime above any step count: torch's backend seeds its
+    # generator with the sum of the two seed entries, so a stream in the other entry would collide.
+    step = ops.cast(step, "int32") + ops.cast(stream, "int32") * 1000003
     offset = ops.cast(ops.stack([ops.zeros_like(step), step]), seed.dtype)
     return keras.random.normal(shape, seed=_TensorSeed(seed + offset))
 
@@ -72,8 +77,8 @@ def run_steps(step, denoiser, x, state, sigmas, seed, start, stop, **options):
     def body(i, carry):
         x, state = carry
 
-        def noise():
-            return step_noise(ops.shape(x), seed, i)
+        def noise(stream=0):
+            return step_noise(ops.shape(x), seed, i, stream)
 
         x, state = step(batched, x, state, i, sigmas, noise, **options)
         return x, tuple(state)
