@@ -161,7 +161,7 @@ def _subparser(parser, path):
 
 
 COMMANDS = [["train"], ["train", "ddpm"], ["train", "ddim"], ["train", "flow"], ["train", "edm"],
-            ["sample"], ["evaluate"], ["walk"], ["generate"], ["finetune"]]
+            ["train", "score"], ["sample"], ["evaluate"], ["walk"], ["generate"], ["finetune"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -344,11 +344,12 @@ def test_evaluate_errors(untrained_model, tmp_path, capsys):
 FAMILY_FLAGS = {
     "flow": (["--time-sampling", "uniform", "--shift", "2"], {"time_sampling": "uniform", "shift": 2.0}, "euler"),
     "edm": (["--sigma-data", "0.6", "--p-mean", "-1"], {"sigma_data": 0.6, "p_mean": -1.0}, "heun"),
+    "score": (["--sde", "vp", "--weighting", "likelihood"], {"beta_min": 0.1, "beta_max": 20.0}, "pc"),
 }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_FLAGS))
-def test_train_flow_and_edm_then_sample_and_evaluate(family, tmp_path, monkeypatch, capsys):
+def test_train_flow_edm_and_score_then_sample_and_evaluate(family, tmp_path, monkeypatch, capsys):
     import keras_diffusion.networks
 
     flags, process_config, sampler = FAMILY_FLAGS[family]
@@ -363,7 +364,7 @@ def test_train_flow_and_edm_then_sample_and_evaluate(family, tmp_path, monkeypat
     assert (log["args"]["model"], log["args"]["sampler"], len(log["epochs"])) == (family, sampler, 1)
     assert Image.open(out / "samples.png").size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 cells of 8 + padding 2.
     model = keras.saving.load_model(out / "model.keras")
-    assert type(model) is {"flow": kd.FlowMatching, "edm": kd.EDM}[family]
+    assert type(model) is {"flow": kd.FlowMatching, "edm": kd.EDM, "score": kd.ScoreModel}[family]
     assert model.process.get_config().items() >= process_config.items()
 
     grid = tmp_path / "grid.png"

@@ -19,6 +19,7 @@ import inspect
 import os
 
 from keras_diffusion.compile import BACKENDS
+from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import FlowMatching
@@ -214,7 +215,7 @@ def resolve_sampling(args, model_class, process):
     combination (more steps than a DDPM's timesteps, a spacing that EDM does
     not take) fails at once with the library's ValueError.
     """
-    vp = process.kind == "vp"
+    vp = issubclass(model_class, (DDPM, DDIM))  # a ScoreModel on a VP SDE keeps its own "pc"
     if args.sampler is None:
         args.sampler = VP_SAMPLER if vp else model_class.default_sampler
     if args.steps is None:

@@ -35,6 +35,8 @@ from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import FlowMatching
+from keras_diffusion.models import ScoreModel
+from keras_diffusion.models.score import WEIGHTINGS
 from keras_diffusion.models.base import LOSS_TYPES
 from keras_diffusion.networks import DDIM_UNET_PRESETS
 from keras_diffusion.networks import UNET_PRESETS
@@ -45,6 +47,8 @@ from keras_diffusion.processes import ContinuousCosineSchedule
 from keras_diffusion.processes import DiscreteVPSchedule
 from keras_diffusion.processes import EDMProcess
 from keras_diffusion.processes import RectifiedFlow
+from keras_diffusion.processes import VESDE
+from keras_diffusion.processes.sde import SDES
 
 # build_unet's arguments that --widths, --num-res-blocks, ... override, and build_ddim_unet's.
 _UNET_FLAGS = {
@@ -71,6 +75,7 @@ class Family:
         default_network: the preset used when `--network` is left out.
         network_flags: CLI flag -> argument of the preset's network builder.
         model_kwargs: further keyword arguments of `model_class`.
+        model_flags: CLI flag -> keyword argument of `model_class`.
         min_snr: whether the family takes `--min-snr-gamma`.
     """
 
@@ -83,6 +88,7 @@ class Family:
     default_network: str = "mnist_small"
     network_flags: dict = field(default_factory=lambda: _UNET_FLAGS)
     model_kwargs: dict = field(default_factory=dict)
+    model_flags: dict = field(default_factory=dict)
     min_snr: bool = True
 
 
@@ -105,6 +111,17 @@ def _add_flow_args(group):
         default=default_of(RectifiedFlow, "shift"),
         help="SD3's time shift of the training and sampling times; above 1 moves them towards "
         "the noise (KerasHub's SD3 uses 3)",
+    )
+
+
+def _add_score_args(group):
+    group.add_argument(
+        "--sde", choices=tuple(SDES), default="ve",
+        help="the SDE, with score_sde's defaults: VE (sigma 0.01 to 50), VP or sub-VP (beta 0.1 to 20)",
+    )
+    group.add_argument(
+        "--weighting", choices=WEIGHTINGS, default=default_of(ScoreModel, "weighting"),
+        help="denoising score matching weight: sigma^2 (plain noise error) or g(t)^2 (likelihood)",
     )
 
 
@@ -165,6 +182,15 @@ FAMILIES = {
         ),
         min_snr=False,
     ),
+    "score": Family(
+        model_class=ScoreModel,
+        process_class=VESDE,
+        help="a score model (Song et al. 2021) on a VE, VP or sub-VP SDE, by denoising score matching",
+        add_arguments=_add_score_args,
+        process=lambda args: SDES[args.sde](),
+        model_flags={"weighting": "weighting"},
+        min_snr=False,
+    ),
 }
 
 
@@ -173,13 +199,14 @@ def add_parser(subparsers):
     train = add_command(
         subparsers,
         __name__,
-        help="train a diffusion model (ddpm, ddim, flow or edm)",
+        help="train a diffusion model (ddpm, ddim, flow, edm or score)",
         description="Trains a diffusion model and saves it with a grid of samples. Re-running an\n"
         "interrupted command resumes exactly where its last checkpoint left it.\n\n"
         "Examples:\n"
         "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
         "  python -m keras_diffusion train flow --dataset mnist --out runs/flow\n"
-        "  python -m keras_diffusion train edm --dataset mnist --out runs/edm\n\n"
+        "  python -m keras_diffusion train edm --dataset mnist --out runs/edm\n"
+        "  python -m keras_diffusion train score --sde ve --dataset mnist --out runs/score\n\n"
         "Run `python -m keras_diffusion train MODEL --help` for the flags of each model.",
     )
     families = train.add_subparsers(dest="model", title="models", metavar="MODEL", required=True)
@@ -410,6 +437,7 @@ def _build_model(args, family, process, images):
     kwargs = {"prediction_type": args.prediction_type, "loss_type": args.loss, "seed": args.seed}
     if family.min_snr:
         kwargs["min_snr_gamma"] = args.min_snr_gamma
+    kwargs.update({argument: getattr(args, flag) for flag, argument in family.model_flags.items()})
     model = family.model_class(network, process, **kwargs, **family.model_kwargs)
     if isinstance(model, DDIM):  # the keras.io DDIM normalizes its images
         model.adapt(images)
