@@ -111,6 +111,11 @@ def register_commands(subparsers, common_arguments=None):
         "--strength", type=float, default=None,
         help="in [0, 1]: how far --image is redrawn; None means 0.8 for image-to-image, 0.6 for inpainting",
     )
+    generate.add_argument(
+        "--sampler", default=None,
+        help="text-to-image with this sampler of keras_diffusion.samplers (euler, heun, dpmpp_2m, ...) "
+        "instead of KerasHub's own",
+    )
     generate.add_argument("--out", required=True, help="output .png")
     generate.set_defaults(sd3_command="generate")
     finetune_command.add_parser(
@@ -247,7 +252,11 @@ def _generate(model, args):
             raise ValueError("--mask needs --image: inpainting repaints part of an image.")
         if args.strength is not None:
             raise ValueError("--strength needs --image (image-to-image or inpainting).")
-        images = generate.text_to_image(model, args.prompt, args.negative_prompt, **common)
+        images = generate.text_to_image(
+            model, args.prompt, args.negative_prompt, sampler=args.sampler, **common
+        )
+    elif args.sampler is not None:
+        raise ValueError("--sampler is for text-to-image: drop --image (or --sampler).")
     elif args.mask is None:
         image = _read_image(args.image, model.image_size, "RGB")
         images = generate.image_to_image(
