@@ -70,9 +70,10 @@ def test_euler_on_the_mmdit_denoiser_is_keras_hubs_flow_match_euler(model):
     )
     assert images.dtype == np.uint8 and images.shape == reference.shape
     difference = np.abs(images.astype(int) - reference)
-    # 2 steps: 61-72% of the values equal, none off by more than 3 (8 steps: 95%, 1). The
-    # start at 0.99997 dominates: starting at 0.999 puts values 29 apart, at 0.999999 19.
-    assert difference.max() <= 3 and difference.mean() < 0.5, (difference.max(), difference.mean())
+    # 2 steps (measured): at most 2 / 3 / 4 levels apart, 0.29 / 0.43 / 0.49 on average on
+    # JAX / torch / TensorFlow (8 steps: 1 level, 95% equal). The start at 0.99997 dominates:
+    # starting at 0.999 puts values 29 apart, at 0.999999 19 (float32 cancellation).
+    assert difference.max() <= 4 and difference.mean() < 0.6, (difference.max(), difference.mean())
     # Far below what another seed changes (KerasHub's program is reused).
     other = sd3.text_to_image(model, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED + 1)
     assert np.abs(other.astype(int) - reference).mean() > 10
