@@ -119,8 +119,9 @@ def caption_loss(model, latents, prompt, seed=0, repeats=16):
     """
     from keras import ops
 
+    from keras_diffusion.processes import RectifiedFlow
     from keras_diffusion.sd3 import data
-    from keras_diffusion.sd3.finetune import encode_text, shift_sigma
+    from keras_diffusion.sd3.finetune import encode_text
 
     backbone = model.backbone
     context, pooled = encode_text(backbone, data.tokenize(model, [prompt] * len(latents)))
@@ -128,7 +129,7 @@ def caption_loss(model, latents, prompt, seed=0, repeats=16):
     errors = []
     for _ in range(repeats):
         t = 1 / (1 + np.exp(-rng.standard_normal(len(latents))))
-        sigma = shift_sigma(t, backbone.shift).astype("float32").reshape(-1, 1, 1, 1)
+        sigma = RectifiedFlow(shift=backbone.shift).shift_time(t).astype("float32").reshape(-1, 1, 1, 1)
         noise = rng.standard_normal(latents.shape).astype("float32")
         noisy = (1 - sigma) * latents + sigma * noise
         timestep = sigma.reshape(-1, 1) * backbone.num_train_timesteps

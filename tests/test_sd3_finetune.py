@@ -10,13 +10,7 @@ from keras import ops
 
 from keras_diffusion import sd3
 from keras_diffusion.sd3 import data
-from keras_diffusion.sd3.finetune import (
-    FlowMatchingTrainer,
-    count_params,
-    encode_text,
-    sample_t,
-    shift_sigma,
-)
+from keras_diffusion.sd3.finetune import FlowMatchingTrainer, count_params, encode_text
 from tests.sd3_fixtures import tiny_setup, torch_single_thread  # noqa: F401
 
 
@@ -42,27 +36,32 @@ def cached_set():
     return data.cache_examples(tiny_setup().model, synthetic_set(8), batch_size=8)
 
 
-def test_sample_t_follows_each_density():
+def test_each_scheme_draws_times_by_its_density():
+    """The schemes' densities are the process's time sampling, with the trainer's parameters."""
+    backbone = tiny_setup().model.backbone
     n = 20000
-    u_grid = (np.arange(200000) + 0.5) / 200000
-    mode = 1 - u_grid - 1.29 * (np.cos(np.pi * u_grid / 2) ** 2 - 1 + u_grid)
-    t = ops.convert_to_numpy(sample_t(n, "logit_normal", seed=1, logit_mean=0.5, logit_std=0.8))
+
+    def draws(seed, **options):
+        process = FlowMatchingTrainer(backbone, shift=1.0, **options).process
+        return ops.convert_to_numpy(process.sample_t(n, keras.random.SeedGenerator(seed)))
+
+    t = draws(1, weighting_scheme="logit_normal", logit_mean=0.5, logit_std=0.8)
     logits = np.log(t / (1 - t))
     assert abs(logits.mean() - 0.5) < 0.03 and abs(logits.std() - 0.8) < 0.03
-    t = ops.convert_to_numpy(sample_t(n, "mode", seed=2, mode_scale=1.29))
+    t = draws(2, weighting_scheme="mode", mode_scale=1.29)
     # Moments against the density's analytic transform of U(0, 1).
+    u_grid = (np.arange(200000) + 0.5) / 200000
+    mode = 1 - u_grid - 1.29 * (np.cos(np.pi * u_grid / 2) ** 2 - 1 + u_grid)
     assert abs(t.mean() - mode.mean()) < 0.01
     assert abs((t**2).mean() - (mode**2).mean()) < 0.01
     assert (t**2).mean() < 1 / 3 - 0.02  # more mass in the middle than U(0, 1)
-    t = ops.convert_to_numpy(sample_t(n, "uniform", seed=3))
-    assert 0 <= t.min() and t.max() <= 1 and abs(t.mean() - 0.5) < 0.01
-    with pytest.raises(ValueError, match="weighting_scheme"):
-        sample_t(2, "cosine", seed=0)
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(shift_sigma(np.array([0.0, 0.25, 1.0], "float32"), 3.0)),
-        [0.0, 0.5, 1.0],
-        atol=1e-6,
-    )
+    for seed, scheme in enumerate(("uniform", "sigma_sqrt", "cosmap")):
+        t = draws(seed, weighting_scheme=scheme)
+        assert 0 <= t.min() and t.max() <= 1 and abs(t.mean() - 0.5) < 0.01
+        assert abs((t**2).mean() - 1 / 3) < 0.01
+    trainer = FlowMatchingTrainer(backbone)
+    assert trainer.process.shift == backbone.shift == 3.0
+    assert trainer.prediction_type == "velocity"
 
 
 def test_call_noises_with_the_documented_formula():
@@ -73,8 +72,8 @@ def test_call_noises_with_the_documented_formula():
     inputs = {name: cached[name][:2] for name in ("latents", "context", "pooled_projection")}
     outputs = trainer(inputs)
     replay = keras.random.SeedGenerator(5)
-    t = sample_t(2, "uniform", replay)
-    sigma = ops.convert_to_numpy(shift_sigma(t, 2.0))
+    u = ops.convert_to_numpy(keras.random.uniform((2,), seed=replay))
+    sigma = 2.0 * u / (1 + u)  # SD3's shift of uniform times
     noise = ops.convert_to_numpy(keras.random.normal((2, 4, 4, 16), seed=replay))
     latents = inputs["latents"]
     np.testing.assert_allclose(ops.convert_to_numpy(outputs["target"]), noise - latents, atol=1e-6)
@@ -164,7 +163,7 @@ def test_prior_term_enters_the_loss_with_its_weight():
     losses = {}
     for weight in (0.0, 1.0, 2.5):
         trainer.prior_loss_weight = weight
-        losses[weight] = float(ops.convert_to_numpy(trainer.compute_loss(y_pred=y_pred)))
+        losses[weight] = float(ops.convert_to_numpy(trainer.compute_loss(x=batch, y_pred=y_pred)))
         np.testing.assert_allclose(losses[weight], instance + weight * prior, rtol=1e-5)
     assert losses[0.0] == pytest.approx(instance, rel=1e-5)  # lambda = 0: no prior term
     assert losses[2.5] > losses[1.0] > losses[0.0]
@@ -236,7 +235,7 @@ def test_each_scheme_is_a_density_or_a_weight_never_both():
     sigma = np.linspace(0.0, 1.0, 11).astype("float32")
     weights = {
         scheme: ops.convert_to_numpy(
-            FlowMatchingTrainer(backbone, weighting_scheme=scheme, shift=3.0)._loss_weight(sigma)
+            FlowMatchingTrainer(backbone, weighting_scheme=scheme, shift=3.0)._loss_weight(1 - sigma, sigma)
         )
         for scheme in ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
     }
@@ -247,30 +246,32 @@ def test_each_scheme_is_a_density_or_a_weight_never_both():
     smallest = 3.0 * 0.001 / (1 + 2.0 * 0.001)
     np.testing.assert_allclose(weights["sigma_sqrt"][1:], 1 / sigma[1:] ** 2, rtol=1e-5)
     np.testing.assert_allclose(weights["sigma_sqrt"][0], 1 / smallest**2, rtol=1e-4)
-    u = ops.convert_to_numpy(sample_t(20000, "sigma_sqrt", seed=4))
-    assert abs(u.mean() - 0.5) < 0.01 and abs((u**2).mean() - 1 / 3) < 0.01
     # Unbounded, the mean weight of continuous draws diverges (1e6 draws gave
     # ~1e5, carried by 0.1% of them); bounded, it is about the table's.
     trainer = FlowMatchingTrainer(backbone, weighting_scheme="sigma_sqrt", shift=3.0)
-    t = sample_t(200000, "sigma_sqrt", seed=5)
-    mean_weight = float(np.mean(ops.convert_to_numpy(trainer._loss_weight(shift_sigma(t, 3.0)))))
+    t = trainer.process.sample_t(200000, keras.random.SeedGenerator(5))  # shifted uniform times
+    mean_weight = float(np.mean(ops.convert_to_numpy(trainer._loss_weight(1 - t, t))))
     table = 3.0 * np.arange(1, 1001) / 1000 / (1 + 2.0 * np.arange(1, 1001) / 1000)
     assert 0.8 < mean_weight / np.mean(1 / table**2) < 1.4
 
 
-def test_preconditioned_outputs_are_the_velocity_loss_times_sigma_squared():
+def test_preconditioned_outputs_are_the_clean_latents_error():
+    """diffusers' loss on x_t - t v_hat against x: the velocity loss weighted by t^2."""
     model = tiny_setup().model
     batch = {name: value[:4] for name, value in cached_set().items() if name != "flipped_latents"}
     plain = FlowMatchingTrainer(model.backbone, seed=3)(batch)
-    preconditioned = FlowMatchingTrainer(model.backbone, seed=3, precondition_outputs=True)(batch)
-    latents = batch["latents"]
-    np.testing.assert_allclose(ops.convert_to_numpy(preconditioned["target"]), latents, atol=1e-6)
-    error = ops.convert_to_numpy(plain["prediction"] - plain["target"])
-    error_x0 = ops.convert_to_numpy(preconditioned["prediction"] - preconditioned["target"])
-    # x_t - sigma v_hat - x = -sigma (v_hat - v): the same draws give error_x0 = -sigma error.
-    sigma = -np.sum(error_x0 * error, axis=(1, 2, 3)) / np.sum(error**2, axis=(1, 2, 3))
-    np.testing.assert_allclose(error_x0, -sigma[:, None, None, None] * error, atol=1e-4)
-    assert np.all((0 < sigma) & (sigma < 1))
+    trainer = FlowMatchingTrainer(model.backbone, seed=3, precondition_outputs=True)
+    preconditioned = trainer(batch)
+    sigma = ops.convert_to_numpy(preconditioned["sigma"])
+    np.testing.assert_allclose(ops.convert_to_numpy(preconditioned["weight"]), sigma**2, rtol=1e-6)
+    for name in ("prediction", "target", "sigma"):  # the same draws
+        np.testing.assert_array_equal(ops.convert_to_numpy(plain[name]), ops.convert_to_numpy(preconditioned[name]))
+    latents, s = batch["latents"], sigma[:, None, None, None]
+    v, v_hat = ops.convert_to_numpy(preconditioned["target"]), ops.convert_to_numpy(preconditioned["prediction"])
+    noisy = latents + s * v  # (1 - t) x + t eps
+    expected = np.mean((noisy - s * v_hat - latents) ** 2)
+    loss = float(ops.convert_to_numpy(trainer.compute_loss(x=batch, y_pred=preconditioned)))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
 def test_caption_dropout_trains_some_examples_on_the_empty_caption():
@@ -280,10 +281,12 @@ def test_caption_dropout_trains_some_examples_on_the_empty_caption():
     trainer = FlowMatchingTrainer(
         model.backbone, seed=0, caption_dropout=0.5, null_caption=data.tokenize(model, [""])
     )
-    context, pooled = trainer._drop_captions(
-        ops.convert_to_tensor(batch["context"]), ops.convert_to_tensor(batch["pooled_projection"]), 8
+    # What call(training=True) draws: drop where uniform < caption_dropout.
+    drop = keras.random.uniform((8,), seed=keras.random.SeedGenerator(0)) < trainer.label_dropout
+    condition = trainer._drop_condition(
+        {name: ops.convert_to_tensor(batch[name]) for name in ("context", "pooled_projection")}, drop
     )
-    context, pooled = ops.convert_to_numpy(context), ops.convert_to_numpy(pooled)
+    context, pooled = (ops.convert_to_numpy(condition[name]) for name in ("context", "pooled_projection"))
     dropped = np.all(np.isclose(pooled, ops.convert_to_numpy(null_pooled)), axis=1)
     kept = np.all(pooled == batch["pooled_projection"], axis=1)
     assert np.all(dropped | kept) and 0 < dropped.sum() < 8

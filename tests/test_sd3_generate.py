@@ -1,5 +1,6 @@
 """SD3 generation: parity with KerasHub's own generate(), outputs, bad input, CLI."""
 
+import functools
 import os
 
 import keras_hub
@@ -54,6 +55,41 @@ def test_text_to_image_equals_keras_hub_generate_for_any_num_steps(model):
     # Back to NUM_STEPS: the first compiled program again.
     again = sd3.text_to_image(model, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED)
     np.testing.assert_array_equal(again, reference)
+
+
+def test_euler_on_the_mmdit_denoiser_is_keras_hubs_flow_match_euler(model):
+    """Our Euler sampler in sigma space over SD3's scheduler levels is KerasHub's generate.
+
+    Both are Euler steps of the flow ODE (`x_t + (t_next - t) v`), from the
+    same initial latents; ours starts at t = 0.99997 instead of 1 (where
+    sigma_hat is infinite), so the images agree up to float rounding.
+    """
+    reference = tiny_setup().reference_images  # KerasHub's, guidance 7
+    images = sd3.text_to_image(
+        model, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED, sampler="euler"
+    )
+    assert images.dtype == np.uint8 and images.shape == reference.shape
+    difference = np.abs(images.astype(int) - reference)
+    # 2 steps (measured): at most 2 / 3 / 4 levels apart, 0.29 / 0.43 / 0.49 on average on
+    # JAX / torch / TensorFlow (8 steps: 1 level, 95% equal). The start at 0.99997 dominates:
+    # starting at 0.999 puts values 29 apart, at 0.999999 19 (float32 cancellation).
+    assert difference.max() <= 4 and difference.mean() < 0.6, (difference.max(), difference.mean())
+    # Far below what another seed changes (KerasHub's program is reused).
+    other = sd3.text_to_image(model, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED + 1)
+    assert np.abs(other.astype(int) - reference).mean() > 10
+
+
+def test_another_sampler_runs_on_sd3_latents(model):
+    run = functools.partial(
+        sd3.text_to_image, model, PROMPTS, NEGATIVE_PROMPTS, num_steps=NUM_STEPS, seed=SEED, sampler="heun"
+    )
+    images = run()
+    assert images.dtype == np.uint8 and images.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
+    np.testing.assert_array_equal(run(), images)  # the same seed, the same images
+    # Heun evaluates the MMDiT twice per step: not Euler's images.
+    assert np.abs(images.astype(int) - tiny_setup().reference_images).max() > 2
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        sd3.text_to_image(model, "a cat", sampler="plms")
 
 
 def test_image_to_image_equals_keras_hub_generate(model, image):
@@ -182,6 +218,14 @@ def test_cli_generate_text_to_image_and_image_to_image(session_model_for_cli, tm
     assert _run_cli((argv)) == 0
     assert Image.open(tmp_path / "i2i_1.png").size == (IMAGE_SIZE, IMAGE_SIZE)
     assert session_model_for_cli[0][0] == "tiny"
+
+
+def test_cli_sampler_is_for_text_to_image(session_model_for_cli, tmp_path, image):
+    Image.fromarray(image).save(tmp_path / "in.png")
+    argv = ["generate", "--preset", "tiny", "--prompt", "a cat", "--image", str(tmp_path / "in.png"),
+            "--sampler", "heun", "--out", str(tmp_path / "out.png")]
+    with pytest.raises(ValueError, match="--sampler is for text-to-image"):
+        _run_cli(argv)
 
 
 def test_cli_refuses_a_missing_output_folder_before_loading(session_model_for_cli, tmp_path):

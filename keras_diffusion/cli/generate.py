@@ -8,6 +8,7 @@ from keras_diffusion.cli.args import add_command
 from keras_diffusion.cli.args import add_sd3_model_args
 from keras_diffusion.cli.args import check_parent
 from keras_diffusion.cli.args import load_sd3
+from keras_diffusion.samplers import SAMPLERS
 
 
 def add_parser(subparsers):
@@ -32,6 +33,11 @@ def add_parser(subparsers):
         "--strength", type=float, default=None,
         help="in [0, 1]: how far --image is redrawn (default: 0.8 for image-to-image, 0.6 for inpainting)",
     )
+    parser.add_argument(
+        "--sampler", choices=tuple(SAMPLERS), default=None,
+        help="text-to-image with this sampler of keras_diffusion.samplers instead of KerasHub's own "
+        "generate (its Euler steps), e.g. dpmpp_2m",
+    )
     parser.add_argument("--out", required=True, help="output .png; its folder must exist")
 
 
@@ -42,6 +48,8 @@ def run(args):
         raise ValueError("--mask needs --image: inpainting repaints part of an image.")
     if args.strength is not None and args.image is None:
         raise ValueError("--strength needs --image (image-to-image or inpainting).")
+    if args.sampler is not None and args.image is not None:
+        raise ValueError("--sampler is for text-to-image: drop --image (or --sampler).")
     from keras_diffusion.sd3 import generate
 
     model = load_sd3(args)
@@ -49,7 +57,7 @@ def run(args):
     if args.strength is not None:
         common["strength"] = args.strength
     if args.image is None:
-        images = generate.text_to_image(model, args.prompt, args.negative_prompt, **common)
+        images = generate.text_to_image(model, args.prompt, args.negative_prompt, sampler=args.sampler, **common)
     elif args.mask is None:
         image = _read_image(args.image, model.image_size, "RGB")
         images = generate.image_to_image(model, image, args.prompt, args.negative_prompt, **common)

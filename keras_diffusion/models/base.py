@@ -77,6 +77,14 @@ class DiffusionModel(keras.Model):
 
     Class attributes `default_sampler` and `default_clip_sample` are what
     `generate()` runs with when not told otherwise.
+
+    A model with other inputs or conditioning (SD3's text-conditioned MMDiT,
+    `keras_diffusion.sd3.flow`) overrides the hooks, not the training loop:
+    `_unpack` (a batch to data and conditioning), `_predict` (how the
+    network is called), `_drop_condition` and `_with_unconditional` (the
+    unconditional branch of training dropout and of guidance),
+    `_loss_weight`, `_reduce_loss` (per-example losses to the batch's) and
+    `_check_fit_inputs`.
     """
 
     default_sampler = "ddpm"
@@ -258,14 +266,10 @@ class DiffusionModel(keras.Model):
         ndim = len(images.shape)
         a, s = append_dims(alpha, ndim), append_dims(sigma, ndim)
         noisy = a * images + s * noise
-        network_inputs = [self.parameterization.network_input(noisy, a, s), self.process.network_time(t)]
-        if labels is not None:
-            labels = ops.cast(labels, "int32")
-            if training and self.label_dropout > 0:
-                drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.label_dropout
-                labels = ops.where(drop, self.num_classes, labels)
-            network_inputs.append(labels)
-        prediction = self.network(network_inputs, training=training)
+        if labels is not None and training and self.label_dropout > 0:
+            drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.label_dropout
+            labels = self._drop_condition(labels, drop)
+        prediction = self._predict(self.parameterization.network_input(noisy, a, s), t, labels, training)
         return {
             "prediction": prediction,
             "target": self.parameterization.target(images, noise, noisy, a, s),
@@ -274,8 +278,31 @@ class DiffusionModel(keras.Model):
             "sigma": sigma,
         }
 
+    def _predict(self, x, t, condition, training):
+        """Runs the network on `x` at times `t` (a hook: what the network is given).
+
+        Args:
+            x: the network's input (`parameterization.network_input`).
+            t: the process's times, `(batch,)`.
+            condition: the conditioning (int labels here), or None.
+            training: passed to the network.
+        """
+        inputs = [x, self.process.network_time(t)]
+        if condition is not None:
+            inputs.append(ops.cast(condition, "int32"))
+        return self.network(inputs, training=training)
+
+    def _drop_condition(self, condition, drop):
+        """The conditioning with the examples where `drop` is True made unconditional (label dropout)."""
+        return ops.where(drop, self.num_classes, ops.cast(condition, "int32"))
+
+    def _with_unconditional(self, condition):
+        """The conditioning twice, conditional half first, for one guided network call."""
+        return ops.concatenate([condition, ops.full_like(condition, self.num_classes)])
+
     def _loss_weight(self, alpha, sigma):
-        """1, or with min-SNR: `min(SNR, gamma)` on the error of `x0_hat`, expressed for the output."""
+        """The per-example loss weight (a hook): 1, or with min-SNR `min(SNR, gamma)` on the
+        error of `x0_hat`, expressed for the output."""
         if self.min_snr_gamma is None:
             return ops.ones_like(alpha)
         snr = ops.square(alpha) / ops.square(sigma)
@@ -285,10 +312,14 @@ class DiffusionModel(keras.Model):
         error = ops.cast(y_pred["prediction"], "float32") - y_pred["target"]
         error = ops.square(error) if self.loss_type == "mse" else ops.abs(error)
         per_example = ops.mean(error, axis=tuple(range(1, len(error.shape)))) * y_pred["weight"]
-        loss = ops.mean(per_example)
+        loss = self._reduce_loss(per_example, x)
         if self.losses:
             loss = loss + ops.sum(self.losses)
         return loss
+
+    def _reduce_loss(self, per_example, x):
+        """The batch's loss from the weighted per-example losses (a hook; `x`: the inputs)."""
+        return ops.mean(per_example)
 
     def compile(self, optimizer=None, **kwargs):
         """Compiles with the diffusion loss; defaults to AdamW with EMA.
@@ -323,21 +354,15 @@ class DiffusionModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, with numpy inputs checked first (shape, dtype, NaNs).
+        """`keras.Model.fit`, with the inputs checked first (`_check_fit_inputs`).
 
         A `keras_diffusion.resume.ResumableBatches` is fitted with
         `shuffle=False`: its batches are already shuffled by (seed, epoch).
         """
-        images = _images_of(x)
-        if isinstance(images, np.ndarray):
-            validate_images(images, expected_shape=self.image_shape)
-        elif isinstance(x, keras.utils.PyDataset):
-            self._check_images(np.asarray(_images_of(x[0])))
-        elif hasattr(x, "element_spec"):  # a tf.data.Dataset
-            self._check_images(_images_of(x.element_spec))
         # Checked here, not only in call(): an error raised inside a JAX
         # train step is masked by Keras' EMA finalization ("'NoneType' object
         # is not callable").
+        self._check_fit_inputs(x)
         if isinstance(x, ResumableBatches):
             kwargs["shuffle"] = False  # they shuffle by (seed, epoch) themselves, reproducibly
         history = super().fit(x, y, *args, **kwargs)
@@ -349,17 +374,22 @@ class DiffusionModel(keras.Model):
                 variable.assign(ops.copy(variable.value))
         return history
 
+    def _check_fit_inputs(self, x):
+        """Checks what `fit()` gets (numpy arrays, a `PyDataset`'s first batch, a `tf.data` spec)."""
+        images = _images_of(x)
+        if isinstance(images, np.ndarray):
+            validate_images(images, expected_shape=self.image_shape)
+        elif isinstance(x, keras.utils.PyDataset):
+            self._check_images(np.asarray(_images_of(x[0])))
+        elif hasattr(x, "element_spec"):  # a tf.data.Dataset
+            self._check_images(_images_of(x.element_spec))
+
     # -------------------------------------------------------------- generation
     def _network_output(self, x, t, labels=None, guidance_scale=None):
-        t = self.process.network_time(t)
-        if labels is None:
-            return self.network([x, t], training=False)
         if guidance_scale is None:
-            return self.network([x, t, labels], training=False)
-        null = ops.full_like(labels, self.num_classes)
-        both = self.network(
-            [ops.concatenate([x, x]), ops.concatenate([t, t]), ops.concatenate([labels, null])],
-            training=False,
+            return self._predict(x, t, labels, training=False)
+        both = self._predict(
+            ops.concatenate([x, x]), ops.concatenate([t, t]), self._with_unconditional(labels), training=False
         )
         conditional, unconditional = ops.split(both, 2)
         return unconditional + guidance_scale * (conditional - unconditional)
@@ -401,6 +431,7 @@ class DiffusionModel(keras.Model):
                 raise ValueError(
                     f"labels must be in [0, {self.num_classes}). Received min {labels.min()}, max {labels.max()}."
                 )
+            labels = ops.convert_to_tensor(labels.astype("int32"))
         if initial_noise is not None:
             shape = tuple(np.shape(initial_noise))
             if shape != (num_images,) + self.image_shape:
@@ -414,7 +445,7 @@ class DiffusionModel(keras.Model):
         loop = self._get_loop(sampler, options, clip_x0, labels is not None, guidance_scale is not None)
         cond = []
         if labels is not None:
-            cond.append(ops.convert_to_tensor(labels.astype("int32")))
+            cond.append(labels)
         if guidance_scale is not None:
             cond.append(ops.convert_to_tensor(float(guidance_scale), "float32"))
         # A separate stream from the initial noise's, for the per-step noise.

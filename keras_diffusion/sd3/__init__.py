@@ -7,6 +7,8 @@ Load a model, generate, and walk through its latent spaces:
   random model; `StableDiffusion3.save_to_preset` writes a preset folder.
 - Generation (`generate`): `text_to_image`, `image_to_image`, `inpaint`,
   returning uint8 `(N, H, W, 3)` arrays equal to KerasHub's own `generate`;
+  `text_to_image(..., sampler="dpmpp_2m")` runs any sampler of
+  `keras_diffusion.samplers` instead, on `MMDiTFlow`'s `denoise`;
   `save_images` writes them as PNGs.
 - Walks (`walks`): `interpolate_prompts`, `walk_around_prompt`,
   `circular_walk`, `interpolation_grid`, built on `encode_prompts`, `slerp`
@@ -49,7 +51,8 @@ _MODULES = {
         "raw_examples",
     ),
     "keras_diffusion.sd3.dreambooth": ("class_images", "dreambooth_batches"),
-    "keras_diffusion.sd3.finetune": ("FlowMatchingTrainer", "encode_text", "sample_t"),
+    "keras_diffusion.sd3.finetune": ("FlowMatchingTrainer", "encode_text"),
+    "keras_diffusion.sd3.flow": ("MMDiTFlow",),
     "keras_diffusion.sd3.lora": (
         "enable_lora",
         "load_lora",

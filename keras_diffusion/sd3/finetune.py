@@ -1,39 +1,45 @@
 """Fine-tuning Stable Diffusion 3 with the rectified-flow loss, through `fit()`.
 
-`FlowMatchingTrainer` is a `keras.Model` around a KerasHub
-`StableDiffusion3Backbone`. Each training example is a clean latent `x` (the
-frozen VAE encodes the image with the backbone's own scale and shift, or a
-cached latent is used) and a caption's text embeddings (the frozen CLIP
-encoders, and T5 when present, encode its token ids, or cached embeddings
-are used). For each example the trainer draws
+`FlowMatchingTrainer` is SD3's `MMDiTFlow` (`keras_diffusion.sd3.flow`: a
+`keras_diffusion.FlowMatching` over the MMDiT of a KerasHub
+`StableDiffusion3Backbone`, on `RectifiedFlow(shift=backbone.shift)` with
+the `"velocity"` parameterization), so `call()`, `compute_loss()`,
+`compile()` and `fit()` are `DiffusionModel`'s. Each training example is a
+clean latent `x` (the frozen VAE encodes the image with the backbone's own
+scale and shift, or a cached latent is used) and a caption's text
+embeddings (the frozen CLIP encoders, and T5 when present, encode its token
+ids, or cached embeddings are used). For each example the base draws
 
-- `t` from the density that `weighting_scheme` names, with diffusers' names
-  and rule (`compute_density_for_timestep_sampling` and
-  `compute_loss_weighting_for_sd3` in `diffusers.training_utils`): one
-  scheme picks either a density or a loss weight, never both.
-  `"logit_normal"` (`sigmoid(N(mean, std))`, the default) and `"mode"`
-  (`1 - u - s (cos^2(pi u / 2) - 1 + u)`, `u ~ U(0, 1)`) are densities of
-  SD3 (Esser et al. 2024, sec. 3.1) with unit weights; `"sigma_sqrt"`
-  (`1 / sigma^2`) and `"cosmap"` (`2 / (pi (1 - 2 sigma + 2 sigma^2))`)
-  weight the loss of uniform times; `"uniform"` (diffusers' `"none"`) is
-  neither;
-- `sigma = shift * t / (1 + (shift - 1) * t)`, the time shift of SD3's
-  scheduler (`shift=1` turns it off; diffusers' `train_dreambooth_lora_sd3.py`
-  applies it through a 1000-entry table, this applies it continuously);
-- noise `eps ~ N(0, I)`, and the noisy latent `(1 - sigma) x + sigma eps` at
-  timestep `sigma * 1000`.
+- `t` from the process's `time_sampling`, then SD3's time shift
+  `shift * t / (1 + (shift - 1) * t)` (`RectifiedFlow.sample_t`; `shift=1`
+  turns it off; diffusers' `train_dreambooth_lora_sd3.py` applies it
+  through a 1000-entry table, this applies it continuously);
+- noise `eps ~ N(0, I)`, and the noisy latent `(1 - t) x + t eps`, which the
+  MMDiT (`training=True`) sees at timestep `1000 t`, as in KerasHub.
 
-The MMDiT (`backbone.diffuser`, called with `training=True`) predicts the
-velocity `v = eps - x`. The default loss is the velocity's mean squared
-error. `precondition_outputs=True` is diffusers' default instead: the
-prediction becomes a clean latent `x_t - sigma v_hat` and is compared with
-`x`, which is the velocity error times `sigma^2`; so the gradients are
-smaller, more at low noise, and diffusers' learning rates carry over only
-with it. Examples flagged as prior examples (DreamBooth's class images) form
-a second mean, added with weight `prior_loss_weight`. With
-`caption_dropout=p`, each example's caption is replaced by the empty one
-with probability `p`, so the unconditional branch that guidance uses keeps
-training.
+`weighting_scheme` follows diffusers' names and rule
+(`compute_density_for_timestep_sampling` and
+`compute_loss_weighting_for_sd3` in `diffusers.training_utils`): a scheme is
+either a density of `t` or a loss weight, never both. `"logit_normal"`
+(`sigmoid(N(mean, std))`, the default) and `"mode"` (`1 - u - s
+(cos^2(pi u / 2) - 1 + u)`, `u ~ U(0, 1)`) are densities of SD3 (Esser et
+al. 2024, sec. 3.1), the process's `time_sampling`, with unit weights;
+`"sigma_sqrt"` (`1 / t^2`, bounded at the smallest level of diffusers'
+table) and `"cosmap"` (`2 / (pi (1 - 2 t + 2 t^2))`) weight the loss of
+uniform times (the base's `_loss_weight` hook); `"uniform"` (diffusers'
+`"none"`) is neither.
+
+The MMDiT predicts the velocity `v = eps - x`; the default loss is its mean
+squared error. `precondition_outputs=True` is diffusers' default instead:
+the error of the clean latent `x_t - t v_hat` against `x`, which is the
+velocity error times `t` (so the loss weight gains a factor `t^2`); the
+gradients are smaller, more at low noise, and diffusers' learning rates
+carry over only with it. Examples flagged as prior examples (DreamBooth's
+class images, the input `"prior"`) form a second mean, added with weight
+`prior_loss_weight` (the base's `_reduce_loss` hook). With
+`caption_dropout=p`, each training example's caption is replaced by the
+empty one with probability `p` (the base's label dropout), so the
+unconditional branch that guidance uses keeps training.
 
 What trains: the MMDiT's trainable variables (all of them, or only LoRA
 adapters after `keras_diffusion.sd3.lora.enable_lora`), plus any
@@ -51,11 +57,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_diffusion.resume import ResumableBatches
+from keras_diffusion.processes import RectifiedFlow
+from keras_diffusion.sd3.flow import MMDiTFlow
 
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
-# The schemes that are densities of t; the others draw t uniformly.
-_DENSITIES = ("logit_normal", "mode")
+# The process's time sampling of each scheme: the densities are their own,
+# the loss weights draw t uniformly (diffusers' rule).
+_TIME_SAMPLING = {
+    "logit_normal": "logit_normal",
+    "mode": "mode",
+    "uniform": "uniform",
+    "sigma_sqrt": "uniform",
+    "cosmap": "uniform",
+}
 
 
 def encode_text(backbone, token_ids):
@@ -107,44 +121,7 @@ def encode_text(backbone, token_ids):
     return context, pooled
 
 
-def sample_t(batch_size, weighting_scheme, seed, logit_mean=0.0, logit_std=1.0, mode_scale=1.29):
-    """Draws flow-matching times `t` in (0, 1) with one of SD3's densities.
-
-    Args:
-        batch_size: number of draws.
-        weighting_scheme: one of `WEIGHTING_SCHEMES`; `"sigma_sqrt"`,
-            `"cosmap"` and `"uniform"` draw `t` uniformly.
-        seed: a `keras.random.SeedGenerator` or int.
-        logit_mean, logit_std: the normal's mean and std for `"logit_normal"`.
-        mode_scale: `s` of the `"mode"` density (SD3 uses 1.29).
-
-    Returns:
-        float32 tensor of shape `(batch_size,)`.
-
-    Example:
-    >>> t = sample_t(4, "logit_normal", seed=0)
-    >>> tuple(t.shape)
-    (4,)
-    """
-    if weighting_scheme == "logit_normal":
-        u = keras.random.normal((batch_size,), logit_mean, logit_std, seed=seed)
-        return ops.sigmoid(u)
-    u = keras.random.uniform((batch_size,), seed=seed)
-    if weighting_scheme == "mode":
-        return 1.0 - u - mode_scale * (ops.square(ops.cos(math.pi * u / 2.0)) - 1.0 + u)
-    if weighting_scheme in WEIGHTING_SCHEMES:
-        return u
-    raise ValueError(
-        f"Unknown weighting_scheme {weighting_scheme!r}; expected one of {WEIGHTING_SCHEMES}."
-    )
-
-
-def shift_sigma(t, shift):
-    """SD3's time shift: `shift * t / (1 + (shift - 1) * t)`; `shift=1` is the identity."""
-    return shift * t / (1.0 + (shift - 1.0) * t)
-
-
-class FlowMatchingTrainer(keras.Model):
+class FlowMatchingTrainer(MMDiTFlow):
     """Trains an SD3 backbone's MMDiT with the rectified-flow loss, via `fit()`.
 
     The inputs `fit()` receives are dicts: either `"images"` (float,
@@ -157,18 +134,19 @@ class FlowMatchingTrainer(keras.Model):
 
     Args:
         backbone: a `keras_hub.models.StableDiffusion3Backbone`, shared (the
-            trainer changes its weights in place).
+            trainer changes its weights in place, and freezes everything but
+            the MMDiT).
         weighting_scheme: diffusers' `--weighting_scheme`: the density of
             `t` (`"logit_normal"`, the default, or `"mode"`) or the loss
             weight of uniform times (`"sigma_sqrt"`, `"cosmap"`), or
             `"uniform"` for neither (diffusers' `"none"`).
         logit_mean, logit_std: parameters of `"logit_normal"` (0 and 1).
         mode_scale: parameter of `"mode"` (1.29).
-        shift: time shift applied to `t`; `None` uses the backbone
+        shift: the process's time shift; `None` uses the backbone
             scheduler's (3.0 for SD3), 1.0 disables it.
-        precondition_outputs: compare the clean latent `x_t - sigma v_hat`
+        precondition_outputs: compare the clean latent `x_t - t v_hat`
             with `x` (diffusers' default) instead of the velocity with
-            `eps - x` (ours): the same minimiser, a loss `sigma^2` times ours.
+            `eps - x` (ours): the same minimiser, a loss `t^2` times ours.
         caption_dropout: probability of training an example on the empty
             caption instead of its own; needs `null_caption`.
         null_caption: token ids of the empty prompt, as
@@ -181,6 +159,7 @@ class FlowMatchingTrainer(keras.Model):
         trainable_layers: extra layers whose trainable variables train
             (textual inversion's new embedding rows).
         seed: int seed for the draws of `t`, noise and caption dropout.
+        **kwargs: passed to `MMDiTFlow` (`loss_type`, `dtype`, ...).
 
     Example:
     >>> model = keras_diffusion.sd3.from_preset("tiny")  # doctest: +SKIP
@@ -207,8 +186,6 @@ class FlowMatchingTrainer(keras.Model):
         seed=None,
         **kwargs,
     ):
-        kwargs.setdefault("dtype", backbone.dtype_policy)
-        super().__init__(**kwargs)
         if weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(
                 f"Unknown weighting_scheme {weighting_scheme!r}; expected one of "
@@ -223,20 +200,21 @@ class FlowMatchingTrainer(keras.Model):
                 "caption_dropout needs the empty prompt's token ids: pass "
                 "null_caption=keras_diffusion.sd3.data.tokenize(model, [\"\"])."
             )
+        process = RectifiedFlow(
+            shift=backbone.shift if shift is None else shift,
+            time_sampling=_TIME_SAMPLING[weighting_scheme],
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            mode_scale=mode_scale,
+            t_min=1.0 / backbone.num_train_timesteps,
+        )
+        super().__init__(backbone, process=process, label_dropout=caption_dropout, seed=seed, **kwargs)
         self.backbone = backbone
         self.weighting_scheme = weighting_scheme
-        self.logit_mean = float(logit_mean)
-        self.logit_std = float(logit_std)
-        self.mode_scale = float(mode_scale)
-        self.shift = float(backbone.shift if shift is None else shift)
-        if self.shift <= 0:
-            raise ValueError(f"`shift` must be positive, got {self.shift}; 1.0 turns it off.")
         self.precondition_outputs = bool(precondition_outputs)
-        self.caption_dropout = float(caption_dropout)
         self.null_caption = null_caption
         self.prior_loss_weight = float(prior_loss_weight)
         self.trainable_layers = list(trainable_layers)
-        self.seed_generator = keras.random.SeedGenerator(seed)
         # Everything but the MMDiT is frozen; the MMDiT's own flags are left
         # alone when it trains, so LoRA's frozen base kernels stay frozen.
         for layer in backbone.layers:
@@ -250,27 +228,22 @@ class FlowMatchingTrainer(keras.Model):
                 "given. Use train_diffuser=True (full fine-tuning or LoRA) or pass "
                 "the textual-inversion embedding layers."
             )
-        self.num_train_timesteps = backbone.num_train_timesteps
-        # The smallest sigma of diffusers' 1000-entry table: it bounds
-        # "sigma_sqrt"'s 1 / sigma^2, which is unbounded on continuous t.
-        self.min_sigma = float(shift_sigma(1.0 / self.num_train_timesteps, self.shift))
-        # All variables exist (the backbone's and the seed state), so the
-        # trainer is built: BackupAndRestore can restore into it before fit().
-        self.built = True
+        # The smallest level of diffusers' 1000-entry table, shift(1 / 1000):
+        # it bounds "sigma_sqrt"'s 1 / t^2, which is unbounded on continuous t.
+        self.min_sigma = float(self.process.shift_time(self.process.t_min))
 
     def encode_images(self, images):
         """VAE latents of images in [-1, 1], scaled and shifted like SD3's."""
         return self.backbone.encode_image_step(ops.cast(images, self.backbone.compute_dtype))
 
-    def call(self, inputs, training=False):
-        """Noises a batch at random sigmas and predicts the velocity.
-
-        Returns:
-            A dict with `"prediction"` and `"target"` (the velocity and
-            `eps - x`, or with `precondition_outputs` the clean latent and
-            `x`), per-example `"weight"` and `"prior"` (1 for prior
-            examples), all float32.
-        """
+    def _unpack(self, inputs):
+        """`(latents, text conditioning)` of a batch: encodes raw images and token ids."""
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "FlowMatchingTrainer trains on dicts with 'latents' or 'images' and 'context' + "
+                "'pooled_projection' or 'token_ids'; keras_diffusion.sd3.data.TrainingBatches "
+                f"makes them. Received: {type(inputs).__name__}."
+            )
         if "latents" in inputs:
             latents = inputs["latents"]
         else:
@@ -282,76 +255,42 @@ class FlowMatchingTrainer(keras.Model):
                     "which scales them, or divide by 127.5 and subtract 1."
                 )
             latents = self.encode_images(images)
-        latents = ops.cast(latents, "float32")
         if "context" in inputs:
             context, pooled = inputs["context"], inputs["pooled_projection"]
         else:
             context, pooled = encode_text(self.backbone, inputs["token_ids"])
-        batch = ops.shape(latents)[0]
-        if self.caption_dropout:
-            context, pooled = self._drop_captions(context, pooled, batch)
-        t = sample_t(
-            batch,
-            self.weighting_scheme,
-            self.seed_generator,
-            self.logit_mean,
-            self.logit_std,
-            self.mode_scale,
-        )
-        sigma = shift_sigma(t, self.shift)
-        noise = keras.random.normal(ops.shape(latents), seed=self.seed_generator)
-        s = ops.reshape(sigma, (-1,) + (1,) * (len(latents.shape) - 1))
-        noisy = (1.0 - s) * latents + s * noise
-        dtype = self.backbone.diffuser.compute_dtype
-        prediction = self.backbone.diffuser(
-            {
-                "latent": ops.cast(noisy, dtype),
-                "context": ops.cast(context, dtype),
-                "pooled_projection": ops.cast(pooled, dtype),
-                "timestep": ops.cast(ops.reshape(sigma * self.num_train_timesteps, (-1, 1)), dtype),
-            },
-            training=training,
-        )
-        prediction = ops.cast(prediction, "float32")
-        target = noise - latents
-        if self.precondition_outputs:
-            prediction, target = noisy - s * prediction, latents
-        prior = inputs.get("prior")
-        prior = ops.zeros_like(sigma) if prior is None else ops.cast(prior, "float32")
+        return ops.cast(latents, "float32"), {"context": context, "pooled_projection": pooled}
+
+    def _drop_condition(self, condition, drop):
+        """The empty caption's embeddings where `drop` is True (caption dropout)."""
+        null_context, null_pooled = encode_text(self.backbone, self.null_caption)
+        context, pooled = condition["context"], condition["pooled_projection"]
         return {
-            "prediction": prediction,
-            "target": target,
-            "weight": self._loss_weight(sigma),
-            "prior": prior,
+            "context": ops.where(ops.reshape(drop, (-1, 1, 1)), ops.cast(null_context, context.dtype), context),
+            "pooled_projection": ops.where(ops.reshape(drop, (-1, 1)), ops.cast(null_pooled, pooled.dtype), pooled),
         }
 
-    def _drop_captions(self, context, pooled, batch):
-        null_context, null_pooled = encode_text(self.backbone, self.null_caption)
-        keep = keras.random.uniform((batch,), seed=self.seed_generator) >= self.caption_dropout
-        context = ops.where(ops.reshape(keep, (-1, 1, 1)), context, ops.cast(null_context, context.dtype))
-        pooled = ops.where(ops.reshape(keep, (-1, 1)), pooled, ops.cast(null_pooled, pooled.dtype))
-        return context, pooled
-
-    def _loss_weight(self, sigma):
-        sigma = ops.convert_to_tensor(sigma, "float32")
+    def _loss_weight(self, alpha, sigma):
+        """The weighting scheme's weight of each example's loss, times `t^2` with `precondition_outputs`."""
+        sigma = ops.convert_to_tensor(sigma, "float32")  # = t on the flow
         if self.weighting_scheme == "sigma_sqrt":
-            return 1.0 / ops.square(ops.maximum(sigma, self.min_sigma))
-        if self.weighting_scheme == "cosmap":
-            return 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * ops.square(sigma)))
-        return ops.ones_like(sigma)
+            weight = 1.0 / ops.square(ops.maximum(sigma, self.min_sigma))
+        elif self.weighting_scheme == "cosmap":
+            weight = 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * ops.square(sigma)))
+        else:
+            weight = ops.ones_like(sigma)
+        # x_t - t v_hat - x = -t (v_hat - v): the clean latent's error is the velocity's times t.
+        return weight * ops.square(sigma) if self.precondition_outputs else weight
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Mean over instance examples + `prior_loss_weight` x mean over prior ones."""
-        error = ops.square(y_pred["prediction"] - y_pred["target"])
-        per_example = ops.mean(error, axis=tuple(range(1, len(error.shape)))) * y_pred["weight"]
-        prior = y_pred["prior"]
+    def _reduce_loss(self, per_example, x):
+        """Mean over instance examples + `prior_loss_weight` x mean over prior ones (`x["prior"]`)."""
+        prior = x.get("prior") if isinstance(x, dict) else None
+        prior = ops.zeros_like(per_example) if prior is None else ops.cast(prior, "float32")
         instance = 1.0 - prior
         loss = ops.sum(per_example * instance) / ops.maximum(ops.sum(instance), 1.0)
         if self.prior_loss_weight:
             prior_loss = ops.sum(per_example * prior) / ops.maximum(ops.sum(prior), 1.0)
             loss = loss + self.prior_loss_weight * prior_loss
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
         return loss
 
     def compile(self, optimizer=None, **kwargs):
@@ -363,38 +302,17 @@ class FlowMatchingTrainer(keras.Model):
                 epsilon=1e-8, global_clipnorm=1.0)`. Put
                 `gradient_accumulation_steps`, `global_clipnorm`/`clipnorm`
                 and `use_ema` on it.
-            **kwargs: passed to `keras.Model.compile`, except `loss`.
+            **kwargs: passed to `DiffusionModel.compile`, except `loss`.
         """
-        if kwargs.pop("loss", None) is not None:
-            raise ValueError(
-                "FlowMatchingTrainer computes its own loss (velocity MSE); do not "
-                "pass `loss` to compile()."
-            )
         if optimizer is None:
             optimizer = keras.optimizers.AdamW(
                 learning_rate=1e-5, weight_decay=1e-2, epsilon=1e-8, global_clipnorm=1.0
             )
         super().compile(optimizer=optimizer, **kwargs)
 
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking the images; each trained variable
-        then holds its own buffer.
-
-        Images must be float in [-1, 1]: raw uint8 (or 0-255 float) images
-        are refused before training starts (inside a compiled step JAX would
-        hide the error). With `use_ema`, fit() ends by assigning the EMA
-        values to the model's variables; on JAX both then share one buffer,
-        and a later fit() fails with "Attempt to donate the same buffer
-        twice", so they are copied.
-        """
+    def _check_fit_inputs(self, x):
+        # Raw uint8 (or 0-255 float) images are refused before training starts.
         check_images(x)
-        if isinstance(x, ResumableBatches):
-            kwargs["shuffle"] = False  # TrainingBatches shuffle by (seed, epoch) themselves
-        history = super().fit(x, *args, **kwargs)
-        if getattr(self.optimizer, "use_ema", False):
-            for variable in self.trainable_variables:
-                variable.assign(ops.copy(variable.value))
-        return history
 
 
 def check_images(data):

@@ -26,6 +26,7 @@ def text_to_image(
     num_steps=28,
     guidance_scale=7.0,
     seed=None,
+    sampler=None,
 ):
     """Generates images from text prompts.
 
@@ -36,7 +37,15 @@ def text_to_image(
             prompts, or one string per prompt.
         num_steps: number of denoising steps.
         guidance_scale: classifier-free guidance scale; `<= 1` turns it off.
-        seed: int seed for the initial latents; `None` draws fresh ones.
+        seed: int seed for the initial latents (and a stochastic sampler's
+            noise); `None` draws fresh ones.
+        sampler: `None` runs KerasHub's own `generate` (its flow-matching
+            Euler scheduler). A name of `keras_diffusion.samplers.SAMPLERS`
+            (`"euler"`, `"heun"`, `"dpmpp_2m"`, ...) runs that sampler on
+            the MMDiT's `denoise(x, sigma)` (`keras_diffusion.sd3.flow`)
+            over the same scheduler's noise levels, from the same initial
+            latents; `"euler"` is KerasHub's algorithm, equal up to float
+            rounding (it starts at `t = 0.99997` instead of 1).
 
     Returns:
         uint8 array of shape `(len(prompts), height, width, 3)`.
@@ -46,15 +55,27 @@ def text_to_image(
     >>> text_to_image(model, ["a cat", "a dog"], num_steps=4, seed=1).shape
     ...  # doctest: +SKIP
     (2, 32, 32, 3)
+    >>> text_to_image(model, "a cat", num_steps=10, seed=1, sampler="dpmpp_2m").shape
+    ...  # doctest: +SKIP
+    (1, 32, 32, 3)
     """
     prompts = check_prompts(prompts)
     negative_prompts = check_negative_prompts(negative_prompts, len(prompts))
+    num_steps = check_num_steps(num_steps)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    seed = check_seed(seed)
+    if sampler is not None:
+        from keras_diffusion.sd3.flow import text_to_image_with_sampler
+
+        return text_to_image_with_sampler(
+            model, prompts, negative_prompts, sampler, num_steps, guidance_scale, seed
+        )
     return model.run_task(
         "text_to_image",
         {"prompts": prompts, "negative_prompts": negative_prompts},
-        num_steps=check_num_steps(num_steps),
-        guidance_scale=check_guidance_scale(guidance_scale),
-        seed=check_seed(seed),
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
     )
 
 
