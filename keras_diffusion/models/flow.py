@@ -21,7 +21,10 @@ class FlowMatching(DiffusionModel):
     """Flow matching: a network learns the velocity `eps - x0` of `x_t = (1 - t) x0 + t eps`.
 
     The network maps `[x_t, t]` (plus `labels`) to the velocity, with `t` a
-    float in [0, 1] and the noise at `t = 1` (SD3's convention). Training
+    float in [0, 1] and the noise at `t = 1` (SD3's convention); a network
+    with a DDPM-style timestep embedding, such as
+    `keras_diffusion.networks.build_unet`, wants `RectifiedFlow(time_scale=1000.0)`,
+    which hands it `1000 * t`. Training
     draws `t` by the process's `time_sampling` (logit-normal by default) and
     minimizes the mean squared error of the velocity; `generate()` integrates
     the flow ODE from noise with Euler steps uniform in `t` by default
