@@ -11,7 +11,10 @@ deterministic Heun sampler on 18 Karras levels (35 model evaluations).
 
 The default (16x16 digits, 20 epochs of 79 batches of 64) was not run to the
 end here; at conditional_mnist.py's 20-46 s per 16x16 epoch on TensorFlow it
-is roughly 10 minutes on 2 cores.
+is roughly 10 minutes on 2 cores. At load average 8-9 here, `--epochs 1
+--sample-steps 5` on TensorFlow took 222 s for the epoch (111 s of CPU time
+in all); its grid is still noise, since the EMA (0.995) holds most of the
+initial network after 79 steps.
 
 It writes OUT/epochs/epoch_XXXX.png (36 digits each epoch), OUT/model.keras
 and OUT/log.json (with the CPU seconds).
