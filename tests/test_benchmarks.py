@@ -183,3 +183,13 @@ def test_sd3_captions_every_method_teaches_the_captions(tmp_path):
         # three backends missed the latent measure with textual inversion.
         if method != "textual-inversion":
             assert after["latents_ok"], method
+
+
+def test_families_compares_samplers_at_equal_model_evaluations():
+    from benchmarks import families
+    from keras_diffusion.samplers import SAMPLERS
+
+    # Heun pays 2 evaluations per step and 1 for the last: 5, 10 and 25 steps fit 10, 20 and 50.
+    assert [families.steps_for("heun", n) for n in families.NFES] == [(5, 9), (10, 19), (25, 49)]
+    assert [families.steps_for("dpmpp_2m", n) for n in families.NFES] == [(10, 10), (20, 20), (50, 50)]
+    assert all(name in SAMPLERS for names in families.SAMPLERS.values() for name in names)

@@ -4,7 +4,10 @@ import keras
 import numpy as np
 import pytest
 
+from keras_diffusion import DDPM
 from keras_diffusion import FlowMatching
+from keras_diffusion.models.flow import flow_paths
+from keras_diffusion.models.flow import straightness
 from keras_diffusion.processes import DiscreteVPSchedule
 from keras_diffusion.processes import RectifiedFlow
 from keras_diffusion.samplers import SAMPLERS
@@ -165,6 +168,114 @@ def test_clear_errors():
         FlowMatching(mlp(), DiscreteVPSchedule())
     with pytest.raises(ValueError, match="'linspace'"):
         exact_model().generate(2, timestep_spacing="leading", verbose=False)
+
+
+def test_paired_noise_replaces_the_fresh_draw():
+    model = FlowMatching(mlp(), seed=0)
+    x, noise = _data(8), np.random.default_rng(5).normal(size=(8, 2)).astype("float32")
+    out = model({"images": x, "noise": noise}, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out["target"]), noise - x, rtol=1e-6)
+    model.compile()
+    with pytest.raises(ValueError, match="paired 'noise' must have the images' shape \\(8, 2\\)"):
+        model.fit({"images": x, "noise": noise[:4]}, epochs=1, verbose=0)
+
+
+class _ConstantVelocity(keras.layers.Layer):
+    def call(self, inputs):
+        z, _ = inputs
+        return keras.ops.zeros_like(z) + keras.ops.convert_to_tensor([0.7, -1.3])
+
+
+def test_straight_paths_have_straightness_zero():
+    model = FlowMatching(stand_in(_ConstantVelocity()), RectifiedFlow(shift=3.0), seed=0)
+    noise = np.random.default_rng(0).normal(size=(16, 2)).astype("float32")
+    assert straightness(model, noise, num_steps=7) < 1e-6  # float32 rounding of |v|^2 = 2.2
+    times, z = flow_paths(model, noise, num_steps=7)
+    assert z.shape == (8, 16, 2) and times[0] == pytest.approx(model.process.shift_time(model.process.t_max), 1e-6) and times[-1] == 0
+    # Float32 sampler space holds x = z / (1 - t), about 3e4 * z at t_max: 1e-3 is its rounding.
+    np.testing.assert_allclose(z[-1], noise - times[0] * np.array([0.7, -1.3]), atol=1e-3)
+
+
+def _exact_straightness(noise, t_max, mu=MU, s=S):
+    """Liu et al.'s S of the exact Gaussian flow from `noise` at t_max to 0, in closed form.
+
+    The path is z_t = m_t + S_t u, so dz/dt - D = (S_t' - (S_T - s) / T) u with the mean-part constant;
+    and with a = 1 + s^2, b = s^2: S_t'^2 = a - s^2 / S_t^2, whose integral is an arctan.
+    """
+    T = t_max
+    S_T = np.sqrt((1 - T) ** 2 * s**2 + T**2)
+    u = (noise - (1 - T) * mu) / S_T
+    a, b = 1 + s**2, s**2
+    energy = a * T - s * (np.arctan((a * T - b) / s) + np.arctan(b / s))
+    return np.mean(np.sum(u**2, axis=1)) * (energy / T - ((S_T - s) / T) ** 2)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_straightness_of_the_exact_gaussian_flow(shift):
+    model = exact_model(shift)
+    noise = np.random.default_rng(3).normal(size=(256, 2)).astype("float32")
+    expected = _exact_straightness(noise.astype("float64"), model.process.t_max)
+    # At t_max -> 1 this is E|eps|^2 s (2 - pi / 2): 0.43 for s = 0.5 in 2-D, straight only as s -> 0.
+    np.testing.assert_allclose(expected, np.mean(np.sum(noise**2, 1)) * S * (2 - np.pi / 2), rtol=1e-3)
+    np.testing.assert_allclose(straightness(model, noise, num_steps=400), expected, rtol=0.02)
+
+
+def test_reflow_pairs_are_the_ode_solutions_of_their_noise():
+    model = exact_model()
+    noise = np.random.default_rng(4).normal(size=(10, 2)).astype("float32")
+    pairs = model.reflow_pairs(10, num_steps=50, noise=noise, batch_size=4, verbose=False)
+    assert sorted(pairs) == ["images", "noise"]
+    np.testing.assert_array_equal(pairs["noise"], noise)
+    # Batched and padded, they are generate()'s own solves, which approach the exact flow map.
+    solved = model.generate(10, sampler="heun", num_steps=50, initial_noise=noise, verbose=False, return_float=True)
+    np.testing.assert_allclose(pairs["images"], solved, atol=1e-5)
+    sigma_max = model.process.sigmas(50)[0]
+    exact = exact_flow_map(noise * model.process.prior_std(sigma_max), sigma_max)
+    np.testing.assert_allclose(pairs["images"], exact, atol=0.02)
+    # Seeded: the same seed draws the same noise.
+    first, again = (model.reflow_pairs(6, num_steps=4, seed=7, verbose=False) for _ in range(2))
+    np.testing.assert_array_equal(first["noise"], again["noise"])
+    np.testing.assert_array_equal(first["images"], again["images"])
+
+
+def test_reflow_pairs_of_a_conditional_model_carry_their_labels():
+    model = FlowMatching(mlp(num_classes=3), num_classes=3, seed=0)
+    pairs = model.reflow_pairs(12, num_steps=3, sampler="euler", batch_size=8, seed=1, verbose=False)
+    assert pairs["images"].shape == pairs["noise"].shape == (12, 2)
+    assert pairs["labels"].dtype == np.int32 and set(pairs["labels"]) <= {0, 1, 2}
+    given = np.arange(12) % 3
+    pairs = model.reflow_pairs(12, num_steps=3, sampler="euler", labels=given, guidance_scale=2.0,
+                               noise=pairs["noise"], verbose=False)
+    np.testing.assert_array_equal(pairs["labels"], given)
+    guided = model.generate(12, num_steps=3, labels=given, guidance_scale=2.0, initial_noise=pairs["noise"],
+                            verbose=False, return_float=True)
+    np.testing.assert_allclose(pairs["images"], guided, atol=1e-5)
+    model.compile()
+    model.fit(pairs, epochs=1, batch_size=4, verbose=0)
+
+
+def test_reflow_and_straightness_errors():
+    with pytest.raises(ValueError, match="deterministic ODE solve; sampler='ddpm'"):
+        exact_model().reflow_pairs(4, sampler="ddpm")
+    with pytest.raises(ValueError, match="initial_noise must have shape"):
+        exact_model().reflow_pairs(4, noise=np.zeros((3, 2), "float32"))
+    with pytest.raises(ValueError, match="process is DiscreteVPSchedule. Pass a FlowMatching"):
+        straightness(DDPM(mlp(), DiscreteVPSchedule()), np.zeros((2, 2), "float32"))
+    with pytest.raises(ValueError, match="class-conditional: pass labels"):
+        straightness(FlowMatching(mlp(num_classes=2), num_classes=2), np.zeros((2, 2), "float32"))
+
+
+def test_reflow_straightens_the_flow():
+    # The exact flow of Gaussian data couples noise and samples linearly, so the
+    # 2-rectified flow of its pairs is straight (S = 0); a small MLP gets most of the way.
+    first = exact_model()
+    pairs = first.reflow_pairs(2048, num_steps=20, batch_size=1024, seed=0, verbose=False)
+    second = FlowMatching(mlp(), time_sampling="uniform", seed=0)
+    second.compile(optimizer=keras.optimizers.Adam(1e-2))
+    second.fit(pairs, epochs=6, batch_size=128, verbose=0)
+    noise = np.random.default_rng(6).normal(size=(256, 2)).astype("float32")
+    before, after = straightness(first, noise, num_steps=20), straightness(second, noise, num_steps=20)
+    assert before > 0.35 and after < 0.25 * before, (before, after)
 
 
 @pytest.mark.slow  # about a minute of training on 2 CPU cores

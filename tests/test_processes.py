@@ -156,6 +156,12 @@ def test_rectified_flow_time_sampling_and_shift():
 def test_network_time_of_each_process():
     t = np.array([0.25, 0.5], "float32")
     np.testing.assert_allclose(ops.convert_to_numpy(RectifiedFlow().network_time(t)), t)
+    # A DDPM-style sinusoidal embedding (build_unet) needs the range of integer timesteps.
+    scaled = RectifiedFlow(time_scale=1000.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(scaled.network_time(t)), 1000 * t)
+    assert RectifiedFlow.from_config(scaled.get_config()).time_scale == 1000.0
+    with pytest.raises(ValueError, match="time_scale must be positive.*time_scale=0"):
+        RectifiedFlow(time_scale=0)
     np.testing.assert_allclose(ops.convert_to_numpy(EDMProcess().network_time(t)), np.log(t) / 4, rtol=1e-6)
     cosine = ContinuousCosineSchedule()
     np.testing.assert_allclose(ops.convert_to_numpy(cosine.network_time(t)),

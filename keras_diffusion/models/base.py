@@ -23,7 +23,8 @@ rest:
 Inputs to `fit()`: a float batch of images in [-1, 1], shape `(N, H, W, C)`
 (or any data of shape `(N, *image_shape)`: vectors `(N, D)`, sequences
 `(N, T, C)`), or for class-conditional models a dict
-`{"images": ..., "labels": ...}`.
+`{"images": ..., "labels": ...}`; a dict may add `"noise"`, one paired noise
+per image (reflow).
 """
 
 import math
@@ -252,6 +253,10 @@ class DiffusionModel(keras.Model):
     def call(self, inputs, training=False):
         """Noises a batch at random times and predicts; returns what the loss needs.
 
+        A dict batch may carry `"noise"`, shaped like `"images"`: each example
+        is then noised with its own paired noise instead of a fresh draw
+        (reflow trains on such (noise, sample) pairs: `FlowMatching.reflow_pairs`).
+
         Returns:
             A dict with `"prediction"`, `"target"`, per-example `"weight"`,
             and the per-example `"alpha"` and `"sigma"` the batch was noised
@@ -262,7 +267,10 @@ class DiffusionModel(keras.Model):
         batch = ops.shape(images)[0]
         t = self.process.sample_t(batch, self.seed_generator)
         alpha, sigma = self.process.alpha_sigma(t)
-        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        noise = _paired_noise(inputs, images.shape)
+        if noise is None:
+            noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        noise = ops.cast(noise, "float32")
         ndim = len(images.shape)
         a, s = append_dims(alpha, ndim), append_dims(sigma, ndim)
         noisy = a * images + s * noise
@@ -379,6 +387,7 @@ class DiffusionModel(keras.Model):
         images = _images_of(x)
         if isinstance(images, np.ndarray):
             validate_images(images, expected_shape=self.image_shape)
+            _paired_noise(x, images.shape)
         elif isinstance(x, keras.utils.PyDataset):
             self._check_images(np.asarray(_images_of(x[0])))
         elif hasattr(x, "element_spec"):  # a tf.data.Dataset
@@ -659,6 +668,19 @@ def _images_of(batch):
     if isinstance(batch, (tuple, list)):
         return batch[0]
     return batch
+
+
+def _paired_noise(batch, images_shape):
+    """A dict batch's `"noise"` (checked to be shaped like its images), or None."""
+    noise = batch.get("noise") if isinstance(batch, dict) else None
+    if noise is None:
+        return None
+    if tuple(noise.shape) != tuple(images_shape):
+        raise ValueError(
+            f"The paired 'noise' must have the images' shape {tuple(images_shape)}; received "
+            f"{tuple(noise.shape)}. Pass one noise array per image (FlowMatching.reflow_pairs returns both)."
+        )
+    return noise
 
 
 class _EMASwap:

@@ -39,6 +39,11 @@ class RectifiedFlow(Process):
             `sigma_range[0]`).
         t_max: the time sampling starts from (before the shift); below 1,
             because `sigma_hat = t / (1 - t)` is infinite at `t = 1`.
+        time_scale: the network is given `time_scale * t`. 1.0 gives it `t`
+            in [0, 1] (for MLPs that read the time directly); 1000.0 gives
+            the range a sinusoidal timestep embedding built for DDPM's
+            integer timesteps resolves (`keras_diffusion.networks.build_unet`;
+            KerasHub's and diffusers' SD3 MMDiT see `1000 * t` too).
 
     Reference: Liu, Gong & Liu 2022, "Flow Straight and Fast"; Lipman et al.
     2023, "Flow Matching for Generative Modeling"; Esser et al. 2024, "Scaling
@@ -54,7 +59,7 @@ class RectifiedFlow(Process):
     default_timestep_spacing = "linspace"
 
     def __init__(self, shift=1.0, time_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
-                 t_min=1e-3, t_max=0.9999):
+                 t_min=1e-3, t_max=0.9999, time_scale=1.0):
         if not shift > 0:
             raise ValueError(
                 f"shift must be positive (1.0 leaves the times unchanged; SD3 uses 3.0). Received: shift={shift}"
@@ -68,6 +73,11 @@ class RectifiedFlow(Process):
                 f"Need 0 < t_min < t_max < 1 (sigma_hat = t / (1 - t) is infinite at t = 1). "
                 f"Received: t_min={t_min}, t_max={t_max}"
             )
+        if not time_scale > 0:
+            raise ValueError(
+                f"time_scale must be positive (1.0 for t in [0, 1], 1000.0 for a DDPM-style timestep "
+                f"embedding). Received: time_scale={time_scale}"
+            )
         self.shift = float(shift)
         self.time_sampling = time_sampling
         self.logit_mean = float(logit_mean)
@@ -75,6 +85,7 @@ class RectifiedFlow(Process):
         self.mode_scale = float(mode_scale)
         self.t_min = float(t_min)
         self.t_max = float(t_max)
+        self.time_scale = float(time_scale)
 
     def shift_time(self, t):
         """SD3's time shift `shift * t / (1 + (shift - 1) * t)` (tensor or numpy)."""
@@ -105,6 +116,10 @@ class RectifiedFlow(Process):
 
     def sigma_to_alpha(self, sigma):
         return 1.0 / (1.0 + ops.cast(sigma, "float32"))
+
+    def network_time(self, t):
+        """`time_scale * t`: the network's time input."""
+        return ops.cast(t, "float32") * self.time_scale
 
     def prior_std(self, sigma):
         """`1 + sigma`: `x_t = eps` at the first level, seen in sampler space (`x_t / (1 - t)`)."""
@@ -145,4 +160,5 @@ class RectifiedFlow(Process):
             "mode_scale": self.mode_scale,
             "t_min": self.t_min,
             "t_max": self.t_max,
+            "time_scale": self.time_scale,
         }
