@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -73,8 +74,11 @@ def test_fit_accepts_numpy_pydataset_and_tf_data():
     images = random_images()
     model = tiny_model()
     for data in (images, _Batches(images, 8), tf.data.Dataset.from_tensor_slices(images).batch(8)):
-        history = model.fit(data, epochs=1, batch_size=8 if data is images else None, verbose=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(data, epochs=1, batch_size=8 if data is images else None, verbose=0)
         assert np.isfinite(history.history["loss"][0])
+        assert not [w for w in caught if "shuffle" in str(w.message)]  # no "shuffle=True ... ignored"
 
 
 def test_backup_and_restore_resumes_a_ddpm(tmp_path):

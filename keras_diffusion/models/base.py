@@ -373,6 +373,9 @@ class DiffusionModel(keras.Model):
         self._check_fit_inputs(x)
         if isinstance(x, ResumableBatches):
             kwargs["shuffle"] = False  # they shuffle by (seed, epoch) themselves, reproducibly
+        elif hasattr(x, "element_spec"):
+            # Keras ignores shuffle for a tf.data.Dataset, and warns when it is left at True.
+            kwargs.setdefault("shuffle", False)
         history = super().fit(x, y, *args, **kwargs)
         if getattr(self.optimizer, "use_ema", False):
             # fit() ends by assigning the EMA variables' values to the model's.
