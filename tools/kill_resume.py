@@ -7,8 +7,8 @@ First one uninterrupted run (the reference). Then the same command, in another f
 killed with SIGKILL `--kills` times and rerun after each kill, until a rerun finishes. Odd kills
 land while a checkpoint file is being written (the tool polls `OUT/backup` for the temp file of
 a write in progress and kills the moment it appears); even kills at a random moment after
-training starts (Keras' first "Epoch" line), up to as long as the reference run took from there
-(so some land in the saving of the model and the log after training). After each kill the tool reads the checkpoint the
+training starts (Keras' first "Epoch" line): 0.2 to 1 times the reference run's time for the steps
+left, divided by the kills still to come, so that all of them land before the run can finish. After each kill the tool reads the checkpoint the
 kill left (`state.json`'s step), and each rerun says where it resumed ("Resuming ... (step N of
 the run)"): a rerun that resumes anywhere else than at the last checkpoint, or fails to start,
 counts against the target. Lost work is estimated from Keras' progress output (the steps the
@@ -170,9 +170,11 @@ def main(argv=None):
             reruns.append({"checkpoint": last_checkpoint, "resumed_at": None, "process": run})
         if len(kills) < args.kills:
             mode = "write" if len(kills) % 2 else "random"
-            # Up to the time the steps left would take (in the reference run), so most kills land in training.
+            # A share of the time the steps left would take (in the reference run), shared among the
+            # kills still to come, so that every kill lands before the run can finish.
             left = 1.0 - (last_checkpoint or 0) / (steps_per_epoch * args.epochs)
-            delay = rng.uniform(0.0, 1.0) * max(left, 0.05) * training_seconds
+            share = max(left, 0.05) * training_seconds / (args.kills - len(kills))
+            delay = rng.uniform(0.2, 1.0) * share
             while run.process.poll() is None:
                 now = time.perf_counter()
                 due = run.training_since is not None and now >= run.training_since + delay
