@@ -114,6 +114,7 @@ def test_min_snr_weights_follow_the_formula():
         np.testing.assert_allclose(got, weights, rtol=1e-5)
 
 
+@pytest.mark.slow  # trains the real U-Net on MNIST (40-50 s a backend); the suite is at its time budget
 def test_loss_falls_on_mnist_with_the_small_network():
     images, _ = load_mnist(image_size=32, num_images=1024, seed=0)
     model = DDPM(unet_from_preset("mnist_small"), DiscreteVPSchedule("cosine"), seed=0)
