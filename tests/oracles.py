@@ -69,3 +69,21 @@ def mlp(shape=(2,), num_classes=None, width=32):
     h = keras.layers.Dense(width, activation="silu")(h)
     out = keras.layers.Dense(int(np.prod(shape)))(h)
     return keras.Model(inputs, keras.layers.Reshape(shape)(out))
+
+
+def langevin_moments(sigmas, start_std, n_steps_each=100, alpha=None, mu=MU, s=S):
+    """The exact mean and std of annealed Langevin (`samplers.langevin_step`) on N(mu, s^2) data.
+
+    With the exact denoiser each step `x + a/2 score + sqrt(a) z` is linear in `x`, so from
+    `N(0, start_std^2)` the mean and variance follow `m <- m + a/2 (mu - m) / V`,
+    `v <- (1 - a / (2V))^2 v + a` with `V = s^2 + sigma^2`; the last level ends with the denoised mean.
+    `alpha(sigma)` is the step at level `sigma` (default: the sampler's `0.2 sigma^2`).
+    """
+    levels = np.asarray(sigmas, np.float64)[:-1]
+    mean, var = 0.0, float(start_std) ** 2
+    for sigma in levels:
+        a, big_v = (0.2 * sigma**2 if alpha is None else alpha(sigma)), s**2 + sigma**2
+        for _ in range(n_steps_each):
+            mean, var = mean + a / 2 * (mu - mean) / big_v, (1 - a / (2 * big_v)) ** 2 * var + a
+    shrink = s**2 / (s**2 + levels[-1] ** 2)
+    return mu + shrink * (mean - mu), shrink * np.sqrt(var)

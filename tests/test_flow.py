@@ -16,6 +16,7 @@ from oracles import S
 from oracles import ExactVelocity
 from oracles import exact_denoiser
 from oracles import exact_flow_map
+from oracles import langevin_moments
 from oracles import exact_velocity
 from oracles import mlp
 from oracles import stand_in
@@ -63,19 +64,21 @@ def test_the_velocity_oracle_is_the_derivative_of_the_flow_map():
     np.testing.assert_allclose((flow(t + dt) - flow(t - dt)) / (2 * dt), exact_velocity(flow(t), t), atol=1e-6)
 
 
-# Annealed Langevin takes 100 steps per level (20,000 here) and its step size is NCSN's, relative to the
-# smallest level: tests/test_score.py checks it on the levels it is made for.
-@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"langevin"}))
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_works_on_a_flow(sampler):
     model = exact_model()
     n = 512 if sampler in DETERMINISTIC else 4096
     noise = np.random.default_rng(2).normal(size=(n, 2)).astype("float32")
-    kwargs = dict(sampler=sampler, num_steps=200, initial_noise=noise, verbose=False, return_float=True, seed=0)
+    num_steps = 10 if sampler == "langevin" else 200  # NCSN's 10 levels of 100 Langevin steps
+    kwargs = dict(sampler=sampler, num_steps=num_steps, initial_noise=noise, verbose=False, return_float=True, seed=0)
     got = model.generate(n, **kwargs)
-    sigma_max = model.process.sigmas(200)[0]
+    sigmas = model.process.sigmas(num_steps)
     if sampler in DETERMINISTIC:  # first-order samplers (ddim, euler) are within 0.02 at 200 steps
-        exact = exact_flow_map(noise * model.process.prior_std(sigma_max), sigma_max)
+        exact = exact_flow_map(noise * model.process.prior_std(sigmas[0]), sigmas[0])
         np.testing.assert_allclose(got, exact, atol=0.02 if sampler in ("ddim", "euler") else 0.005)
+    elif sampler == "langevin":  # its step size is stable on the flow's levels (sigma_max = 9999)
+        mean, std = langevin_moments(sigmas, model.process.prior_std(sigmas[0]))
+        assert abs(got.mean() - mean) < 0.02 and abs(got.std() / std - 1) < 0.03, (got.mean(), got.std(), std)
     else:  # stochastic: the samples' distribution is the data's
         assert abs(got.mean() - MU) < 0.03
         assert abs(got.std() - S) < 0.03

@@ -127,7 +127,7 @@ SAMPLERS = {
         Sampler("unipc", unipc_step, state_size=lambda options: 3),
         Sampler("rk4", rk4_step, evaluations_per_step=4),
         Sampler("ode_rk45", rk45_step, options={"rtol": 1e-5, "atol": 1e-5}),
-        Sampler("langevin", langevin_step, options={"step_size": 2e-5, "n_steps_each": 100},
+        Sampler("langevin", langevin_step, options={"step_size": None, "n_steps_each": 100},
                 evaluations_per_step=100, last_step_evaluations=101),
         Sampler("pc", pc_step, options={"predictor": "reverse_diffusion", "snr": 0.16, "n_steps": 1},
                 evaluations_per_step=2, last_step_evaluations=2),

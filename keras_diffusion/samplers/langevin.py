@@ -28,21 +28,35 @@ def _per_example_norm(v):
     return ops.sqrt(ops.sum(ops.reshape(ops.square(v), (ops.shape(v)[0], -1)), axis=1))
 
 
-def langevin_step(denoiser, x, state, i, sigmas, noise, step_size=2e-5, n_steps_each=100):
+# NCSN's step size and smallest noise level (CIFAR-10, MNIST): its steps are alpha_i = 0.2 sigma_i^2.
+NCSN_STEP_SIZE = 2e-5
+NCSN_SIGMA_MIN = 0.01
+
+
+def langevin_step(denoiser, x, state, i, sigmas, noise, step_size=None, n_steps_each=100):
     """NCSN's Algorithm 1 at level `sigmas[i]`: `n_steps_each` Langevin steps, then the next level.
 
     `alpha_i = step_size * sigma_i**2 / sigma_L**2` and
-    `x <- x + alpha_i / 2 * score(x, sigma_i) + sqrt(alpha_i) z`. The step to
-    `sigma = 0` ends with the denoised mean `D(x, sigma_L)` (NCSNv2's final
-    denoising). NCSN's levels are geometric: `sigma_schedule="exponential"`
-    (a `VESDE`'s own levels are geometric already).
+    `x <- x + alpha_i / 2 * score(x, sigma_i) + sqrt(alpha_i) z`, with
+    `sigma_L` the smallest nonzero level. `step_size=None` (the default) is
+    NCSN's `2e-5` carried over from its `sigma_L = 0.01` to the levels given:
+    `alpha_i = 0.2 sigma_i**2` on any levels. A step then moves at most a
+    tenth of the way to the mode of a Gaussian of variance `>= sigma_i**2`,
+    so the chain is stable on every model's levels; NCSN's absolute `2e-5`
+    diverges where `sigma_L**2 < step_size / 4` (EDM's `sigma_min = 0.002`).
+    The step to `sigma = 0` ends with the denoised mean `D(x, sigma_L)`
+    (NCSNv2's final denoising). NCSN's levels are geometric:
+    `sigma_schedule="exponential"` (a `VESDE`'s own levels are geometric already).
 
     Reference: Song & Ermon 2019, "Generative Modeling by Estimating
     Gradients of the Data Distribution", Algorithm 1 (`epsilon = 2e-5`,
-    `T = 100`); Song & Ermon 2020 (NCSNv2), the final denoising step.
+    `T = 100`, `sigma_L = 0.01`); Song & Ermon 2020 (NCSNv2), the final denoising step.
     """
     sigma = sigmas[i]
-    alpha = step_size * ops.square(sigma / _smallest_level(sigmas))
+    if step_size is None:
+        alpha = NCSN_STEP_SIZE / NCSN_SIGMA_MIN**2 * ops.square(sigma)
+    else:
+        alpha = step_size * ops.square(sigma / _smallest_level(sigmas))
 
     def body(k, x):
         return x + 0.5 * alpha * denoiser_score(denoiser, x, sigma) + ops.sqrt(alpha) * noise(k)
@@ -118,4 +132,6 @@ def ncsn_sigmas(model, num_levels=10):
     return exponential_sigmas(num_levels, low, high)
 
 
-__all__ = ["PREDICTORS", "denoiser_score", "langevin_step", "ncsn_sigmas", "pc_step"]
+__all__ = [
+    "NCSN_SIGMA_MIN", "NCSN_STEP_SIZE", "PREDICTORS", "denoiser_score", "langevin_step", "ncsn_sigmas", "pc_step",
+]
