@@ -76,6 +76,35 @@ def test_bits_per_dim_of_a_score_model(name):
     assert np.all(np.abs(noisy - bpd) < 0.1) and not np.allclose(noisy, bpd)
 
 
+def test_batches_give_the_same_bits_per_dim():
+    model = exact_model("ve")
+    images = np.random.default_rng(4).integers(0, 256, (10, 2)).astype("uint8")
+    whole = log_likelihood(model, images, dequantize=False)
+    batched, nfe = log_likelihood(model, images, dequantize=False, batch_size=4, return_nfe=True)  # 4 + 4 + 2 (padded)
+    np.testing.assert_allclose(batched, whole, atol=2e-3)
+    assert batched.shape == (10,) and nfe > 0
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        log_likelihood(model, images, batch_size=0)
+
+
+def test_a_network_with_attention_has_a_likelihood():
+    """torch's fused attention kernel has no forward-mode AD; likelihoods attend with einsum."""
+    from keras_diffusion.models import ScoreModel
+    from keras_diffusion.networks import SpatialSelfAttention
+    from keras_diffusion.processes import VESDE
+
+    x, t = keras.Input((4, 4, 1)), keras.Input(())
+    # The time enters with as many channels as the features: TF's forward-mode autodiff fails on a
+    # (batch, 1, 1, 1) bias broadcast over channels after a convolution.
+    time = keras.layers.Reshape((1, 1, 4))(keras.layers.Dense(4)(keras.layers.Reshape((1,))(t)))
+    h = keras.layers.Conv2D(4, 1)(x) + time
+    network = keras.Model([x, t], keras.layers.Conv2D(1, 1)(SpatialSelfAttention(groups=2, num_heads=2)(h)))
+    images = np.random.default_rng(5).integers(0, 256, (2, 4, 4, 1)).astype("uint8")
+    model = ScoreModel(network, sde=VESDE(sigma_min=0.5, sigma_max=1.0), seed=0)  # a short, cheap solve
+    bpd = model.log_likelihood(images, rtol=1e-2, atol=1e-2, seed=0)
+    assert bpd.shape == (2,) and np.all(np.isfinite(bpd))
+
+
 def test_bad_input():
     model = exact_model("ve")
     with pytest.raises(ValueError, match=r"images in \[0, 255\]"):

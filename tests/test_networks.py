@@ -13,6 +13,7 @@ from keras_diffusion.networks import (
     build_unet,
     unet_from_preset,
 )
+from keras_diffusion.networks.attention import explicit_attention
 
 TINY = dict(
     image_shape=(16, 16, 1),
@@ -102,6 +103,21 @@ def test_attention_shape_and_dependence_on_input():
     out2 = keras.ops.convert_to_numpy(layer(x2))
     # Attention is global: a change at one pixel moves the others too.
     assert not np.allclose(out[:, 1:, 1:], out2[:, 1:, 1:])
+
+
+def test_explicit_attention_equals_the_fused_kernel_and_has_a_jvp():
+    """`explicit_attention()` (what likelihoods use: torch's fused CPU kernel has no forward-mode AD)."""
+    layer = SpatialSelfAttention(groups=4, num_heads=2)
+    x = keras.random.normal((2, 4, 4, 8), seed=0)
+    tangent = keras.random.normal((2, 4, 4, 8), seed=1)
+    fused = keras.ops.convert_to_numpy(layer(x))
+    with explicit_attention():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), fused, atol=1e-5)
+        _, jvp = keras.ops.jvp(layer, (x,), (tangent,))
+    step = 1e-2  # central differences along the tangent
+    difference = (layer(x + step * tangent) - layer(x - step * tangent)) / (2 * step)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(jvp), keras.ops.convert_to_numpy(difference),
+                               rtol=2e-3, atol=2e-3)
 
 
 def test_attention_rejects_heads_not_dividing_channels():

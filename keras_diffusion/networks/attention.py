@@ -1,9 +1,46 @@
 """Self-attention over the pixels of a feature map, as used inside U-Nets."""
 
+import contextlib
+import contextvars
+
 import keras
 from keras import ops
 
 from keras_diffusion.networks.normalization import GroupNorm
+
+
+_EXPLICIT = contextvars.ContextVar("explicit_attention", default=False)
+
+
+@contextlib.contextmanager
+def explicit_attention():
+    """Within it, `SpatialSelfAttention` computes `softmax(q k^T / sqrt(d)) v` with einsum, not a fused kernel.
+
+    torch's fused CPU attention (what `ops.dot_product_attention` calls) has no
+    forward-mode autodiff, so `keras.ops.jvp` through a U-Net with attention
+    fails there; `log_likelihood` traces the network inside this. The result
+    equals the fused attention's up to float32 rounding.
+
+    Example:
+    >>> attn = SpatialSelfAttention(groups=4, num_heads=2)
+    >>> x = keras.random.normal((2, 8, 8, 16), seed=0)
+    >>> fused = attn(x)
+    >>> with explicit_attention():
+    ...     explicit = attn(x)
+    >>> float(ops.max(ops.abs(fused - explicit))) < 1e-5
+    True
+    """
+    token = _EXPLICIT.set(True)
+    try:
+        yield
+    finally:
+        _EXPLICIT.reset(token)
+
+
+def _einsum_attention(query, key, value):
+    """`softmax(q k^T / sqrt(d)) v` on `(batch, tokens, heads, head_dim)` tensors."""
+    scores = ops.einsum("bqhd,bkhd->bhqk", query, key) / ops.sqrt(ops.cast(ops.shape(query)[-1], query.dtype))
+    return ops.einsum("bhqk,bkhd->bqhd", ops.softmax(scores, axis=-1), value)
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -90,7 +127,8 @@ class SpatialSelfAttention(keras.layers.Layer):
         def to_heads(x):
             return ops.reshape(x, (batch, height * width, self.num_heads, head_dim))
 
-        out = ops.dot_product_attention(
+        attention = _einsum_attention if _EXPLICIT.get() else ops.dot_product_attention
+        out = attention(
             to_heads(self.query(normed)),
             to_heads(self.key(normed)),
             to_heads(self.value(normed)),
