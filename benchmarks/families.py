@@ -1,20 +1,23 @@
-"""DDPM, EDM and flow matching on MNIST for the same CPU budget, then FID at 10, 20 and 50 model evaluations.
+"""DDPM, EDM, flow matching and a score SDE on MNIST for the same CPU budget: FID at 10, 20 and 50 model evaluations, and bits/dim.
 
-    KERAS_BACKEND=torch python -m benchmarks.families --minutes 10     # the README table
-    KERAS_BACKEND=torch python -m benchmarks.families --minutes 0.3 --num-images 64   # a smoke run
+    KERAS_BACKEND=torch python -m benchmarks.families --minutes 10     # the README tables
+    KERAS_BACKEND=torch python -m benchmarks.families --minutes 0.3 --num-images 64 --bpd-images 8   # a smoke run
 
 Each family trains the same network (the `mnist_small` U-Net at 16x16, from the
-same seed) on the 5,000 bundled MNIST digits with AdamW (lr 1e-3, EMA 0.995)
-and batch 64, until its process has used `--minutes` of CPU time
-(`time.process_time()`, all threads together, so other load on the machine
-costs less than in wall time); the budget is checked after every batch and
-starts after the first one, which also traces and compiles the train step
-(its CPU time is reported apart).
+same seed) on the 4,000 bundled MNIST digits that the held-out split leaves
+(`metrics.mnist_training_split`), with AdamW (lr 1e-3, EMA 0.995) and batch 64,
+until its process has used `--minutes` of CPU time (`time.process_time()`, all
+threads together, so other load on the machine costs less than in wall
+time); the budget is checked after every batch and starts after the first
+one, which also traces and compiles the train step (its CPU time is reported
+apart).
 
 - DDPM: `DiscreteVPSchedule("cosine")`, epsilon prediction.
 - EDM: `EDMProcess()` with Karras et al.'s preconditioning and loss weight.
 - flow: `RectifiedFlow(time_scale=1000.0)`, logit-normal times, velocity
   prediction (the U-Net's time embedding sees `1000 * t`).
+- score: `ScoreModel` on score_sde's `VPSDE` (beta 0.1 to 20, `t ~ U[1e-5, 1]`,
+  the U-Net sees `999 t`), denoising score matching with the `sigma2` weighting.
 
 Then each family's samplers (`SAMPLERS` below) draw `--num-images` digits at
 10, 20 and 50 model evaluations (NFE): the largest number of steps whose
@@ -22,9 +25,25 @@ Then each family's samplers (`SAMPLERS` below) draw `--num-images` digits at
 runs 5, 10 and 25 steps (9, 19 and 49 NFE). Samplers run with the model's own
 noise levels and defaults (`generate()`); the same seeds for every run. FID
 is measured as `python -m keras_diffusion evaluate` does: features of the
-bundled MNIST classifier, against 1,000 held-out digits resized to 16x16.
+bundled MNIST classifier, against the 1,000 held-out digits resized to 16x16.
+Each family also writes a grid of 64 samples from its first sampler at 50 NFE.
 
-It writes `benchmarks/results/families/<backend>.{md,json}` (atomically).
+Bits/dim: `log_likelihood` (the probability-flow ODE with adaptive RK45 at
+rtol = atol = 1e-5, one Rademacher probe, uniform dequantization, score_sde's
+`+7`) of the first `--bpd-images` held-out digits, with the mean, its
+standard error and the solver's NFE per batch.
+
+A rerun of the same command resumes: each family's trained model is saved
+(`<family>.keras`) and every finished measurement is kept in
+`<backend>.partial.json`; training itself checkpoints every 100 steps through
+`keras_diffusion.resume` (the CPU seconds already spent travel with the
+checkpoint), so a kill costs at most 100 steps. Other arguments against an
+existing partial run are refused (except `--bpd-images`: a rerun with a
+number adds bits/dim to the finished families); delete the folder to start
+fresh.
+
+It writes `benchmarks/results/families/<backend>.{md,json}` and
+`<backend>_<family>.png` (atomically).
 """
 
 import argparse
@@ -32,6 +51,7 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 
 from benchmarks import compare
@@ -41,15 +61,16 @@ SAMPLERS = {
     "ddpm": ("dpmpp_2m", "unipc", "ddim"),
     "edm": ("heun", "dpmpp_2m"),
     "flow": ("euler", "heun"),
+    "score": ("pc", "dpmpp_2m"),
 }
 NFES = (10, 20, 50)
 IMAGE_SIZE = 16
+BATCH_SIZE = 64
+CHECKPOINT_EVERY = 100
 
 
 def build_model(family, seed=0):
     """The family's model on the `mnist_small` U-Net at 16x16, built from `seed`."""
-    import keras
-
     import keras_diffusion as kd
 
     keras.utils.set_random_seed(seed)
@@ -58,6 +79,8 @@ def build_model(family, seed=0):
         return kd.DDPM(network, kd.DiscreteVPSchedule("cosine"), prediction_type="epsilon", seed=seed)
     if family == "edm":
         return kd.EDM(network, kd.EDMProcess(), seed=seed)
+    if family == "score":
+        return kd.ScoreModel(network, sde="vp", seed=seed)
     return kd.FlowMatching(network, kd.RectifiedFlow(time_scale=1000.0), seed=seed)
 
 
@@ -69,96 +92,188 @@ def steps_for(sampler, nfe):
     return steps, num_model_evaluations(sampler, steps)
 
 
-def train(model, images, minutes, batch_size=64, lr=1e-3, ema=0.995):
-    """Fits `model` until `minutes` of this process's CPU time are used; returns what it did."""
-    import keras
+class CPUBudget(keras.callbacks.Callback):
+    """Stops `fit()` once `seconds` of CPU time are spent, counted over every process of a resumed run.
 
-    class CPUBudget(keras.callbacks.Callback):
-        # The budget starts after the first batch, which also traces and compiles the step.
-        def on_train_begin(self, logs=None):
-            self.start, self.batches = time.process_time(), 0
+    Each process's first batch (which traces and compiles the train step) is
+    not counted. As the `extra_state` of an `ExactBackupAndRestore`, the
+    seconds spent travel with every checkpoint.
+    """
 
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-            if self.batches == 1:
-                self.first_batch = time.process_time() - self.start
-                self.start = time.process_time()
-            elif time.process_time() - self.start >= 60.0 * minutes:
-                self.model.stop_training = True
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = float(seconds)
+        self.spent_before, self.first_batch = 0.0, None
+        self._begin = self._start = None
+
+    def spent(self):
+        """CPU seconds counted so far."""
+        return self.spent_before + (time.process_time() - self._start if self._start is not None else 0.0)
+
+    def get_state(self):
+        return {"cpu_seconds": self.spent()}
+
+    def set_state(self, state):
+        self.spent_before = float(state.get("cpu_seconds", 0.0))
+        if self._start is not None:
+            self._start = time.process_time()
+
+    def on_train_begin(self, logs=None):
+        if self._begin is None:
+            self._begin = time.process_time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._start is None:
+            self.first_batch = time.process_time() - self._begin
+            self._start = time.process_time()
+        if self.spent() >= self.seconds:
+            self.model.stop_training = True
+
+
+def train(model, images, minutes, folder, seed=0, lr=1e-3, ema=0.995):
+    """Fits `model` until `minutes` of CPU time are used, resumably; returns what it did."""
+    from keras_diffusion import resume
 
     model.compile(keras.optimizers.AdamW(lr, weight_decay=1e-4, use_ema=True, ema_momentum=ema))
-    budget = CPUBudget()
+    data = resume.ResumableBatches(images, BATCH_SIZE, seed=seed)
+    budget = CPUBudget(60.0 * minutes)
+    backup = resume.ExactBackupAndRestore(
+        os.path.join(folder, "backup"), data, save_freq=CHECKPOINT_EVERY, run_config={"minutes": minutes},
+        delete_checkpoint=False, extra_state=budget,
+    )
     wall = time.perf_counter()
-    history = model.fit(images, epochs=10_000, batch_size=batch_size, shuffle=True, callbacks=[budget], verbose=0)
-    return {
-        "first_batch_cpu_seconds": round(budget.first_batch, 1),
-        "cpu_seconds": round(time.process_time() - budget.start, 1),
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-        "steps": budget.batches,
-        "images_seen": budget.batches * batch_size,
-        "last_epoch_loss": float(history.history["loss"][-1]),
+    resume.fit(model, backup, epochs=10_000, callbacks=[budget], verbose=0)
+    return backup, {
+        "first_batch_cpu_seconds": round(budget.first_batch or 0.0, 1),
+        "cpu_seconds": round(budget.spent(), 1),
+        "wall_seconds_this_process": round(time.perf_counter() - wall, 1),
+        "steps": backup.global_step,
+        "images_seen": backup.global_step * BATCH_SIZE,
+        "last_epoch_loss": float(backup.log[-1]["loss"]),
+        "resumes": len(backup.resumes),
     }
 
 
-def fid_of(model, sampler, num_steps, num_images, features, real_features, batch_size=250, seed=0):
-    """FID of `num_images` samples drawn with `sampler` for `num_steps` steps, in full batches."""
-    import keras
-
-    from keras_diffusion import metrics
-
+def sample(model, sampler, num_steps, num_images, batch_size=250, seed=0):
+    """`num_images` uint8 samples drawn with `sampler` for `num_steps` steps, in full batches."""
     batch_size = min(batch_size, num_images)
-    images = np.concatenate([
+    return np.concatenate([
         model.generate(batch_size, sampler=sampler, num_steps=num_steps, seed=seed + i, verbose=False)
         for i in range(0, num_images, batch_size)
     ])[:num_images]
-    generated = keras.ops.convert_to_numpy(features(images))
-    return float(metrics.fid_from_features(real_features, generated))
 
 
-def run(minutes, num_images, families=tuple(SAMPLERS), seed=0):
-    """Trains and measures every family; returns the results dict."""
-    import keras
+def bits_per_dim(model, images, batch_size=250, seed=0):
+    """Mean bits/dim of `images` (uint8), its standard error, and the solver's NFE per batch."""
+    values, nfes = [], []
+    for i in range(0, len(images), batch_size):
+        bpd, nfe = model.log_likelihood(images[i:i + batch_size], seed=seed + i, return_nfe=True)
+        values.append(bpd)
+        nfes.append(nfe)
+    values = np.concatenate(values)
+    return {"bpd": float(values.mean()), "bpd_stderr": float(values.std(ddof=1) / np.sqrt(len(values))),
+            "num_images": len(values), "nfe_per_batch": nfes}
 
+
+class Partial:
+    """The finished measurements of a run, kept in a JSON file so that a rerun skips them."""
+
+    def __init__(self, path, config):
+        from keras_diffusion.files import write_json
+
+        self.path, self._write = path, write_json
+        self.results = {"config": config, "families": {}}
+        if os.path.isfile(path):
+            import json
+
+            with open(path) as file:
+                saved = json.load(file)
+            if saved["config"] != config:
+                differing = sorted(k for k in config if saved["config"].get(k) != config[k])
+                raise SystemExit(
+                    f"{path} holds a run with other arguments ({', '.join(differing)} differ). Rerun with "
+                    f"the same arguments to resume it, or delete {os.path.dirname(path)!r} to start fresh."
+                )
+            self.results = saved
+
+    def family(self, name):
+        return self.results["families"].setdefault(name, {"samples": []})
+
+    def save(self):
+        self._write(self.path, self.results)
+
+
+def run(minutes, num_images, families=tuple(SAMPLERS), seed=0, bpd_images=1000, out=None):
+    """Trains and measures every family, resuming from `out`; returns the results dict."""
     import keras_diffusion as kd
+    from keras_diffusion import images as kd_images
     from keras_diffusion import metrics
+    from keras_diffusion.files import save_model
 
-    images, _ = kd.datasets.load_mnist(image_size=IMAGE_SIZE, seed=seed)
+    backend = keras.backend.backend()
+    out = out or os.path.join("benchmarks", "results", "families")
+    folder = os.path.join(out, backend)
+    os.makedirs(folder, exist_ok=True)
+    train_images, _ = metrics.mnist_training_split(image_size=IMAGE_SIZE)
+    train_images = train_images * 2.0 - 1.0
     features = metrics.get_feature_extractor("mnist", output="features")
     real, _ = metrics.mnist_held_out(image_size=IMAGE_SIZE, num_images=1000)
     real_features = keras.ops.convert_to_numpy(features(real))
-    results = {
-        "config": {"minutes": minutes, "num_images": num_images, "image_size": IMAGE_SIZE, "network": "mnist_small",
-                   "batch_size": 64, "nfes": list(NFES), "seed": seed, "backend": keras.backend.backend()},
-        "machine": compare.machine_info(compare.Config()),
-        "families": {},
-    }
+    real_uint8 = np.round(real * 255.0).astype("uint8")
+    config = {"minutes": minutes, "num_images": num_images, "image_size": IMAGE_SIZE, "network": "mnist_small",
+              "batch_size": BATCH_SIZE, "nfes": list(NFES), "seed": seed, "backend": backend,
+              "train_images": len(train_images)}
+    partial = Partial(os.path.join(out, f"{backend}.partial.json"), config)
+    partial.results.setdefault("machine", compare.machine_info(compare.Config()))
     for family in families:
-        model = build_model(family, seed)
-        print(f"{family}: training for {minutes} CPU minute(s) ...", flush=True)
-        trained = train(model, images, minutes)
-        rows = []
+        record = partial.family(family)
+        model_path = os.path.join(folder, f"{family}.keras")
+        if os.path.isfile(model_path):
+            model = kd.load_model(model_path)
+        else:
+            model = build_model(family, seed)
+            print(f"{family}: training for {minutes} CPU minute(s) ...", flush=True)
+            backup, record["training"] = train(model, train_images, minutes, os.path.join(folder, family), seed)
+            record["params"] = model.network.count_params()
+            save_model(model, model_path)
+            partial.save()
+            backup.delete()
+        done = {(row["sampler"], row["nfe_budget"]) for row in record["samples"]}
         for sampler in SAMPLERS[family]:
             for nfe in NFES:
+                if (sampler, nfe) in done:
+                    continue
                 steps, evaluations = steps_for(sampler, nfe)
                 start = time.perf_counter()
-                fid = fid_of(model, sampler, steps, num_images, features, real_features, seed=seed)
-                rows.append({"sampler": sampler, "nfe_budget": nfe, "steps": steps, "nfe": evaluations, "fid": fid,
-                             "sample_seconds": round(time.perf_counter() - start, 1)})
-                print(f"  {sampler:9s} {steps:3d} steps, {evaluations:2d} NFE: FID {fid:.2f}", flush=True)
-        results["families"][family] = {"training": trained, "samples": rows, "params": model.network.count_params()}
+                generated = sample(model, sampler, steps, num_images, seed=seed)
+                fid = float(metrics.fid_from_features(real_features, keras.ops.convert_to_numpy(features(generated))))
+                record["samples"].append({"sampler": sampler, "nfe_budget": nfe, "steps": steps, "nfe": evaluations,
+                                          "fid": fid, "sample_seconds": round(time.perf_counter() - start, 1)})
+                if sampler == SAMPLERS[family][0] and nfe == NFES[-1]:
+                    kd_images.save_grid(os.path.join(out, f"{backend}_{family}.png"), generated[:64])
+                partial.save()
+                print(f"  {family} {sampler:9s} {steps:3d} steps, {evaluations:2d} NFE: FID {fid:.2f}", flush=True)
+        if bpd_images and "likelihood" not in record:
+            start = time.perf_counter()
+            record["likelihood"] = bits_per_dim(model, real_uint8[:bpd_images], seed=seed)
+            record["likelihood"]["seconds"] = round(time.perf_counter() - start, 1)
+            partial.save()
+            print(f"  {family} bits/dim {record['likelihood']['bpd']:.3f}", flush=True)
+    results = dict(partial.results)
+    results["families"] = {name: partial.results["families"][name] for name in families}
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     return results
 
 
 def markdown(results):
-    """The results as a markdown table, with the training budget and the machine."""
+    """The results as markdown tables, with the training budget and the machine."""
     cfg, machine = results["config"], results["machine"]
     lines = [
-        f"DDPM, EDM and flow matching on bundled MNIST ({cfg['image_size']}x{cfg['image_size']}, `mnist_small` "
-        f"U-Net, batch {cfg['batch_size']}), each trained for {cfg['minutes']} CPU minute(s) on {cfg['backend']}. "
-        f"FID of {cfg['num_images']} samples against 1,000 held-out digits (bundled MNIST classifier features); "
-        "lower is better. Columns: the model-evaluation budget; a cell gives the FID and, in brackets, the steps "
-        "and evaluations used.",
+        f"{', '.join(results['families'])} on bundled MNIST ({cfg['image_size']}x{cfg['image_size']}, "
+        f"`mnist_small` U-Net, batch {cfg['batch_size']}, {cfg['train_images']:,} training digits), each trained "
+        f"for {cfg['minutes']} CPU minute(s) on {cfg['backend']}. FID of {cfg['num_images']} samples against the "
+        "1,000 held-out digits (bundled MNIST classifier features); lower is better. Columns: the "
+        "model-evaluation budget; a cell gives the FID and, in brackets, the steps and evaluations used.",
         "",
         "| family | sampler | " + " | ".join(f"{n} NFE" for n in cfg["nfes"]) + " |",
         "|---|---|" + "---|" * len(cfg["nfes"]),
@@ -169,15 +284,26 @@ def markdown(results):
             by_sampler.setdefault(row["sampler"], []).append(f"{row['fid']:.2f} ({row['steps']} st, {row['nfe']})")
         for sampler, cells in by_sampler.items():
             lines.append(f"| {family} | {sampler} | " + " | ".join(cells) + " |")
-    lines += ["", "| family | first batch CPU s | then CPU s | wall s | training steps | images seen | last epoch loss |",
-              "|---|---|---|---|---|---|---|"]
+    with_bpd = {family: r["likelihood"] for family, r in results["families"].items() if "likelihood" in r}
+    if with_bpd:
+        sizes = sorted({bpd["num_images"] for bpd in with_bpd.values()})
+        lines += ["", f"Bits/dim of the first {'/'.join(map(str, sizes))} held-out digits through each model's "
+                  "probability-flow ODE (RK45, rtol = atol = 1e-5, one Rademacher probe, dequantized); lower is "
+                  "better.", "", "| family | bits/dim | std. error | NFE per batch of 250 | seconds |",
+                  "|---|---|---|---|---|"]
+        for family, bpd in with_bpd.items():
+            nfe = bpd["nfe_per_batch"]
+            lines.append(f"| {family} | {bpd['bpd']:.3f} | {bpd['bpd_stderr']:.3f} | "
+                         f"{min(nfe)}-{max(nfe)} | {bpd['seconds']} |")
+    lines += ["", "| family | first batch CPU s | then CPU s | training steps | images seen | last epoch loss "
+              "| resumes |", "|---|---|---|---|---|---|---|"]
     for family, result in results["families"].items():
         t = result["training"]
-        lines.append(f"| {family} | {t['first_batch_cpu_seconds']} | {t['cpu_seconds']} | {t['wall_seconds']} | "
-                     f"{t['steps']} | {t['images_seen']} | {t['last_epoch_loss']:.4f} |")
+        lines.append(f"| {family} | {t['first_batch_cpu_seconds']} | {t['cpu_seconds']} | "
+                     f"{t['steps']} | {t['images_seen']} | {t['last_epoch_loss']:.4f} | {t['resumes']} |")
     lines += [
         "",
-        f"Machine: {machine['cpu']}, {machine['cores_available']} cores; load average {machine['load_average']:.2f} "
+        f"Machine: {machine['cpu']}, {machine['cores_available']} cores, {machine['threads']} threads; load average {machine['load_average']:.2f} "
         f"at start, {machine.get('load_average_end', 0):.2f} at end. Versions: "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
     ]
@@ -188,23 +314,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="CPU minutes of training per family")
     parser.add_argument("--num-images", type=int, default=1000, help="samples per FID")
-    parser.add_argument("--families", default=",".join(SAMPLERS), help="comma-separated: ddpm,edm,flow")
+    parser.add_argument("--bpd-images", type=int, default=1000, help="held-out digits for bits/dim (0: skip)")
+    parser.add_argument("--families", default=",".join(SAMPLERS), help="comma-separated: " + ",".join(SAMPLERS))
     parser.add_argument("--out", default=os.path.join("benchmarks", "results", "families"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads for torch and TensorFlow (0: one per core); 1 keeps torch from "
+                        "collapsing when other jobs share the cores")
     args = parser.parse_args(argv)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     unknown = set(families) - set(SAMPLERS)
     if unknown or not families:
         parser.error(f"--families takes {', '.join(SAMPLERS)}; got {sorted(unknown) or 'none'}")
-    if not args.minutes > 0 or args.num_images < 2:
-        parser.error(f"--minutes must be positive and --num-images at least 2; got {args.minutes}, {args.num_images}")
-    import keras
-
+    if not args.minutes > 0 or args.num_images < 2 or not 0 <= args.bpd_images <= 1000 or args.bpd_images == 1:
+        parser.error(f"--minutes must be positive, --num-images at least 2 and --bpd-images 0 or 2 to 1000; got "
+                     f"{args.minutes}, {args.num_images}, {args.bpd_images}")
     from keras_diffusion.files import replace_atomically
     from keras_diffusion.files import write_json
 
-    results = run(args.minutes, args.num_images, families, args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    threads = compare._set_threads(keras.backend.backend(), args.threads or len(os.sched_getaffinity(0)))
+    results = run(args.minutes, args.num_images, families, args.seed, args.bpd_images, args.out)
+    results["machine"]["threads"] = threads
     backend = keras.backend.backend()
     write_json(os.path.join(args.out, f"{backend}.json"), results)
     table = markdown(results)

@@ -209,6 +209,10 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         delete_checkpoint: delete `backup_dir` when training ends. Pass
             False to delete it yourself (`delete()`) once the run's results
             are saved, so that a kill in between still resumes.
+        extra_state: an object with `get_state()` (a dict of JSON values)
+            and `set_state(dict)`: saved with every checkpoint and handed
+            back when one is restored, for what a callback of the run must
+            carry across a resume (e.g. a training budget already spent).
 
     Attributes:
         log: one dict per finished epoch of the whole run: `"epoch"`
@@ -225,7 +229,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
     >>> [entry["loss"] for entry in backup.log]  # doctest: +SKIP
     """
 
-    def __init__(self, backup_dir, data, save_freq="epoch", run_config=None, delete_checkpoint=True):
+    def __init__(self, backup_dir, data, save_freq="epoch", run_config=None, delete_checkpoint=True,
+                 extra_state=None):
         super().__init__(os.fspath(backup_dir), save_freq=save_freq, delete_checkpoint=delete_checkpoint)
         if not isinstance(data, ResumableBatches):
             raise ValueError(
@@ -235,6 +240,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         if save_freq != "epoch" and (isinstance(save_freq, bool) or save_freq < 1):
             raise ValueError(f"save_freq must be 'epoch' or a positive integer. Received: {save_freq!r}")
         self.data = data
+        self.extra_state = extra_state
         run_config = dict(run_config or {})
         run_config.update(data.config())
         run_config["backend"] = keras.backend.backend()
@@ -243,6 +249,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.log, self.resumes, self.global_step = [], [], 0
         # Set by `fit` around its first call, which finishes an interrupted epoch.
         self._finishing_epoch = None
+        self.stopped_early = False
         self._continuing = False
 
     def saved_position(self):
@@ -295,6 +302,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             ) from None
         for variable, value in zip(_seed_generator_states(model), state["seed_generators"]):
             variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
+        if self.extra_state is not None:
+            self.extra_state.set_state(state.get("extra", {}))
         self.log, self.resumes, self.global_step = state["log"], state["resumes"], state["global_step"]
         if not self._continuing:
             self.resumes.append({"epoch": epoch + 1, "step": step})
@@ -387,6 +396,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         entry["seconds"] = round(self._epoch_seconds + time.perf_counter() - self._clock, 3)
         self.log.append(entry)
         self._save(epoch + 1, 0)
+        # Another callback ended the run inside the epoch (a budget, early stopping).
+        self.stopped_early = bool(self.model.stop_training)
         if self._finishing_epoch == epoch:
             self.model.stop_training = True
 
@@ -428,6 +439,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             "metrics": [_to_list(v) for v in model.metrics_variables],
             "log": self.log,
             "resumes": self.resumes,
+            "extra": self.extra_state.get_state() if self.extra_state is not None else {},
         }
         text = json.dumps(state, indent=1).encode()
         # The state names its weights file: renaming it into place commits the checkpoint.
@@ -453,7 +465,9 @@ def fit(model, backup, epochs, callbacks=None, **kwargs):
     callbacks=[backup, *callbacks])`. With one inside epoch `e`, a first
     call serves that epoch's remaining batches and stops at its end (Keras'
     progress bar shows the remaining steps); a second restores that epoch
-    end and runs the rest. Other callbacks see both calls.
+    end and runs the rest, unless a callback stopped training during the
+    first (`model.stop_training` before the epoch ended). Other callbacks
+    see both calls.
 
     Args:
         model: a compiled, built `keras.Model`.
@@ -482,9 +496,11 @@ def fit(model, backup, epochs, callbacks=None, **kwargs):
         if position[0] + 1 < epochs:
             backup._finishing_epoch = position[0]
             try:
-                model.fit(backup.data, epochs=epochs, shuffle=False, callbacks=callbacks, **kwargs)
+                history = model.fit(backup.data, epochs=epochs, shuffle=False, callbacks=callbacks, **kwargs)
             finally:
                 backup._finishing_epoch = None
+            if backup.stopped_early:
+                return history
             backup._continuing = True
             backup.data.set_position(0)
     return model.fit(backup.data, epochs=epochs, shuffle=False, callbacks=callbacks, **kwargs)
