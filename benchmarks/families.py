@@ -100,15 +100,15 @@ class CPUBudget(keras.callbacks.Callback):
     seconds spent travel with every checkpoint.
     """
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, clock=time.process_time):
         super().__init__()
-        self.seconds = float(seconds)
+        self.seconds, self.clock = float(seconds), clock
         self.spent_before, self.first_batch = 0.0, None
         self._begin = self._start = None
 
     def spent(self):
         """CPU seconds counted so far."""
-        return self.spent_before + (time.process_time() - self._start if self._start is not None else 0.0)
+        return self.spent_before + (self.clock() - self._start if self._start is not None else 0.0)
 
     def get_state(self):
         return {"cpu_seconds": self.spent()}
@@ -116,16 +116,16 @@ class CPUBudget(keras.callbacks.Callback):
     def set_state(self, state):
         self.spent_before = float(state.get("cpu_seconds", 0.0))
         if self._start is not None:
-            self._start = time.process_time()
+            self._start = self.clock()
 
     def on_train_begin(self, logs=None):
         if self._begin is None:
-            self._begin = time.process_time()
+            self._begin = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._start is None:
-            self.first_batch = time.process_time() - self._begin
-            self._start = time.process_time()
+            self.first_batch = self.clock() - self._begin
+            self._start = self.clock()
         if self.spent() >= self.seconds:
             self.model.stop_training = True
 

@@ -193,3 +193,44 @@ def test_families_compares_samplers_at_equal_model_evaluations():
     assert [families.steps_for("heun", n) for n in families.NFES] == [(5, 9), (10, 19), (25, 49)]
     assert [families.steps_for("dpmpp_2m", n) for n in families.NFES] == [(10, 10), (20, 20), (50, 50)]
     assert all(name in SAMPLERS for names in families.SAMPLERS.values() for name in names)
+
+
+def test_families_carries_the_cpu_budget_across_a_resume(tmp_path):
+    """The CPU seconds spent travel with the checkpoint; a budget that ends inside the epoch being finished ends the run."""
+    from benchmarks import families
+    from keras_diffusion import resume
+    from keras_diffusion.models import FlowMatching
+
+    clock = {"t": 0.0}
+
+    class Tick(keras.callbacks.Callback):  # each step costs one fake CPU second
+        def on_train_batch_begin(self, batch, logs=None):
+            clock["t"] += 1.0
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if backup.global_step == 4:
+                raise RuntimeError("killed")
+
+    def run(*extra):
+        keras.utils.set_random_seed(0)
+        x, t = keras.Input((2,)), keras.Input(())
+        h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
+        model = FlowMatching(keras.Model([x, t], keras.layers.Dense(2)(h)), seed=0)
+        model.compile(keras.optimizers.Adam(1e-3))
+        budget = families.CPUBudget(5.0, clock=lambda: clock["t"])
+        data = resume.ResumableBatches(np.zeros((64, 2), "float32"), 8, seed=0)  # 8 steps an epoch
+        global backup
+        backup = resume.ExactBackupAndRestore(str(tmp_path), data, save_freq=2, extra_state=budget,
+                                              delete_checkpoint=False)
+        resume.fit(model, backup, epochs=100, callbacks=[Tick(), budget, *extra], verbose=0)
+        return budget
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run(Kill())
+    # The checkpoint at step 4 holds 3 seconds: step 1 (compiling) is not counted.
+    budget = run()
+    assert budget.spent_before == 3.0
+    # This process's first step (5) is not counted either: steps 6 and 7 bring it to 5 seconds,
+    # inside epoch 1, which the first of resume.fit's two calls finishes; no second call runs.
+    assert backup.global_step == 7 and budget.spent() == 5.0
