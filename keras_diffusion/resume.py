@@ -34,7 +34,9 @@ for models built with `seed=None`, without changing any model's `call()`.
 Writes are atomic: the weights go to a new file (temp file, then rename),
 and `state.json`, which names that file and its size, is renamed into place
 last; only then is the previous weights file removed. A kill at any moment
-leaves the previous checkpoint or the new one.
+leaves the previous checkpoint or the new one. A resume writes its mark
+into `state.json` at once (the same way), so the run's record of its
+resumes survives a rerun killed before its first checkpoint.
 
 Inside an epoch: Keras' `fit()` has no initial step, and `BackupAndRestore`
 restores whole epochs (`model._initial_epoch`). `fit` below resumes inside
@@ -215,7 +217,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             (1-based), the logged metrics, `"seconds"` (time spent in the
             epoch's counted steps, over every process).
         resumes: one dict per resume: `"epoch"` (1-based) and `"step"` (the
-            steps of that epoch already done) where training continued.
+            steps of that epoch already done) where training continued;
+            saved in the checkpoint as soon as the resume happens.
         global_step: steps done over the whole run.
 
     Example:
@@ -260,7 +263,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"position step by step. Received: steps_per_execution={self.model.steps_per_execution}."
             )
         self.log, self.resumes, self.global_step = [], [], 0
-        self._resume_at = None
+        self._resume_at = self._saved_step = None
         self._load_model()
 
     def _load_model(self):
@@ -296,8 +299,12 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         for variable, value in zip(_seed_generator_states(model), state["seed_generators"]):
             variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
         self.log, self.resumes, self.global_step = state["log"], state["resumes"], state["global_step"]
+        self._saved_step = self.global_step
         if not self._continuing:
             self.resumes.append({"epoch": epoch + 1, "step": step})
+            # Written now, not with the next checkpoint: a rerun killed before
+            # that one still leaves its mark.
+            self._write_state(state)
         self._continuing = False
         self._remove_stale_files(keep=state["weights"])
         model._initial_epoch = epoch
@@ -372,14 +379,33 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
             self._resume_at = None
         self.data.set_position(epoch, self._epoch_start)
+        self._step = self._epoch_start
         self._clock = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._epoch_start + batch + 1
+        self._step = step = self._epoch_start + batch + 1
         self.global_step = self._epoch * self.data.steps_per_epoch + step
         # The last step's checkpoint is the epoch end's, which follows at once.
         if self.save_freq != "epoch" and self.global_step % self.save_freq == 0 and step < self.data.steps_per_epoch:
             self._save(self._epoch, step)
+
+    def save_now(self):
+        """Checkpoints the step that just ended (unless that step's checkpoint is written).
+
+        For a stop between two scheduled checkpoints, such as Ctrl+C
+        (`InterruptAtBatchEnd(before_interrupt=backup.save_now)`): the rerun
+        then repeats no step. Call it from an `on_train_batch_end` of a
+        callback listed after this one, where the model holds a finished
+        step; not after an epoch's last batch, whose checkpoint is the epoch
+        end's.
+        """
+        if self._step == self.data.steps_per_epoch:
+            raise ValueError(
+                "save_now() was called after the last batch of an epoch; that checkpoint is "
+                "written at the epoch end. Call it after another batch, or let the epoch end."
+            )
+        if self._saved_step != self.global_step:
+            self._save(self._epoch, self._step)
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1}
@@ -429,10 +455,14 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             "log": self.log,
             "resumes": self.resumes,
         }
-        text = json.dumps(state, indent=1).encode()
         # The state names its weights file: renaming it into place commits the checkpoint.
-        write_bytes_atomically(self._state_path, lambda file: file.write(text))
+        self._write_state(state)
+        self._saved_step = self.global_step
         self._remove_stale_files(keep=name)
+
+    def _write_state(self, state):
+        text = json.dumps(state, indent=1).encode()
+        write_bytes_atomically(self._state_path, lambda file: file.write(text))
 
     def _remove_stale_files(self, keep):
         """Removes weights files no state names, and temp files of interrupted writes."""

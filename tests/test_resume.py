@@ -2,7 +2,8 @@
 
 Each run trains a tiny MLP on 32 vectors (4 batches of 8 per epoch) for 3 epochs, checkpointing
 every 2 steps. The interrupted run stops after its 7th step (inside epoch 2; the checkpoint of
-step 6 is the latest), the resumed run continues it, and every weight, optimizer and generator
+step 6 is the latest), or on Ctrl+C (which checkpoints the step it ends), the resumed run
+continues it, and every weight, optimizer and generator
 state and every logged loss must equal the uninterrupted run's. They are compared exactly: on CPU
 the three backends are deterministic for a given program, and the resumed run executes the same
 steps on the same inputs.
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 from keras_diffusion import resume
+from keras_diffusion.callbacks import InterruptAtBatchEnd
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
@@ -69,21 +71,33 @@ def _data(kind, batch_size=8):
 
 
 class _StopAfter(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt after `steps` training steps, as Ctrl+C would."""
+    """Stops training after `steps` training steps: a kill (KeyboardInterrupt at once), or Ctrl+C.
 
-    def __init__(self, steps):
+    For Ctrl+C it sets the flag of an `InterruptAtBatchEnd` listed after it,
+    as its SIGINT handler would during that step.
+    """
+
+    def __init__(self, steps, ctrl_c=None):
         super().__init__()
-        self.steps, self.seen = steps, 0
+        self.steps, self.seen, self.ctrl_c = steps, 0, ctrl_c
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
         if self.seen == self.steps:
-            raise KeyboardInterrupt
+            if self.ctrl_c is None:
+                raise KeyboardInterrupt
+            self.ctrl_c.requested = True
 
 
 def _train(model, data, folder, stop_after=None, **config):
+    """One run; `stop_after`: kill after this many steps, or `("ctrl_c", steps)`."""
     backup = resume.ExactBackupAndRestore(folder, data, save_freq=2, run_config=config or None)
-    callbacks = [] if stop_after is None else [_StopAfter(stop_after)]
+    callbacks = []
+    if isinstance(stop_after, tuple):
+        interrupt = InterruptAtBatchEnd(before_interrupt=backup.save_now)
+        callbacks = [_StopAfter(stop_after[1], ctrl_c=interrupt), interrupt]
+    elif stop_after is not None:
+        callbacks = [_StopAfter(stop_after)]
     try:
         resume.fit(model, backup, epochs=3, callbacks=callbacks, verbose=0)
     except KeyboardInterrupt:
@@ -118,10 +132,18 @@ def _assert_same_run(kind, tmp_path, use_ema=True, stops=(7,)):
 
 
 def test_resume_inside_an_epoch_equals_the_uninterrupted_run(tmp_path):
-    backup = _assert_same_run("ddpm", tmp_path)
-    # Interrupted after step 7 = epoch 2, step 3; the checkpoint of step 6 (epoch 2, step 2) was the latest.
-    assert backup.resumes == [{"epoch": 2, "step": 2}]
+    # Killed after step 7 = epoch 2, step 3; the checkpoint of step 6 (epoch 2, step 2) was the latest.
+    # The rerun is killed too, after 1 step, before it writes a checkpoint: its resume mark stays.
+    backup = _assert_same_run("ddpm", tmp_path, stops=(7, 1))
+    assert backup.resumes == [{"epoch": 2, "step": 2}] * 2
     assert not os.path.exists(tmp_path / "b")  # deleted when training ended
+
+
+def test_ctrl_c_checkpoints_its_step_so_a_rerun_repeats_none(tmp_path):
+    # Ctrl+C in step 5 (epoch 2, step 1; no checkpoint is due): that step is saved. The rerun's
+    # Ctrl+C lands in step 8, the last of epoch 2: it stops at the epoch end, after its checkpoint.
+    backup = _assert_same_run("flow", tmp_path, stops=(("ctrl_c", 5), ("ctrl_c", 3)))
+    assert backup.resumes == [{"epoch": 2, "step": 1}, {"epoch": 3, "step": 0}]
 
 
 @pytest.mark.slow
