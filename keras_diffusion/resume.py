@@ -16,8 +16,8 @@ equal the uninterrupted one:
 
 | part | where it lives |
 |---|---|
-| weights, optimizer state (moments, EMA, `iterations`, so the learning-rate schedule's step) | `checkpoint-<step>.weights.h5` (`model.save_weights`) |
-| every `SeedGenerator` state (the model's noise, timesteps and label dropout; a network's Dropout) | `state.json` |
+| weights (LoRA factors too), optimizer state (moments, EMA, `iterations`, so the learning-rate schedule's step) | `checkpoint-<step>.npz` (every variable's value) |
+| every `SeedGenerator` state (the model's noise, timesteps and label dropout; a network's Dropout) | `checkpoint-<step>.npz` |
 | the metric accumulators of the current epoch (so the epoch's mean loss is the uninterrupted one) | `state.json` |
 | the epoch, the step within it (the data position) | `state.json` |
 | the logs of the finished epochs and where the run resumed | `state.json` |
@@ -30,6 +30,11 @@ function of the seed and the position, and restoring it is exact. Carrying
 it works for every generator of any model (a network's Dropout layers have
 their own, seeded at random unless `keras.utils.set_random_seed` ran) and
 for models built with `seed=None`, without changing any model's `call()`.
+
+The variables are stored by value, not with `model.save_weights`: a Dense
+layer with LoRA saves its kernel with the adapter merged in and loads it
+with the adapter zeroed, so a LoRA fine-tune resumed from `save_weights`
+would train on from other weights (and its adapter would restart at zero).
 
 Writes are atomic: the weights go to a new file (temp file, then rename),
 and `state.json`, which names that file and its size, is renamed into place
@@ -69,11 +74,11 @@ import time
 import keras
 import numpy as np
 
-from keras_diffusion.files import replace_atomically
 from keras_diffusion.files import write_bytes_atomically
 
 STATE_FILE = "state.json"
-FORMAT = 1
+# 2: the weights file holds every variable's value (`_checkpoint_variables`).
+FORMAT = 2
 
 
 class ResumableBatches(keras.utils.PyDataset):
@@ -290,14 +295,16 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._check_model(state)
         weights = os.path.join(self.backup_dir, state["weights"])
         self._check_file(weights, state["weights_bytes"])
+        variables = _checkpoint_variables(model)
         try:
-            model.load_weights(weights)
+            with np.load(weights) as arrays:
+                values = [arrays[f"arr_{index}"] for index in range(len(variables))]
         except Exception as err:
             raise ValueError(
                 f"The checkpoint file {weights!r} cannot be read ({err}). {self._fresh_hint()}"
             ) from None
-        for variable, value in zip(_seed_generator_states(model), state["seed_generators"]):
-            variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
+        for variable, value in zip(variables, values):
+            variable.assign(_from_storable(value, variable))
         self.log, self.resumes, self.global_step = state["log"], state["resumes"], state["global_step"]
         self._saved_step = self.global_step
         if not self._continuing:
@@ -316,16 +323,19 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             with open(self._state_path) as file:
                 state = json.load(file)
-            if state.get("format") != FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
-            for key in ("weights", "weights_bytes", "epoch", "step", "global_step", "model", "run",
-                        "seed_generators", "metrics", "log", "resumes", "epoch_seconds"):
+            for key in ("format", "weights", "weights_bytes", "epoch", "step", "global_step", "model", "run",
+                        "metrics", "log", "resumes", "epoch_seconds"):
                 state[key]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"The checkpoint state {self._state_path!r} is damaged or truncated ({err}). "
                 f"{self._fresh_hint()}"
             ) from None
+        if state["format"] != FORMAT:
+            raise ValueError(
+                f"The checkpoint in {self.backup_dir!r} has format {state['format']!r}, written by another "
+                f"version of keras_diffusion; this one reads format {FORMAT}. {self._fresh_hint()}"
+            )
         return state
 
     def _check_file(self, path, expected):
@@ -343,7 +353,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         if saved == current:
             return
         detail = ""
-        names = [v.path for v in self.model.weights]
+        names = [v.path for v in self.model.variables]
         for index, (a, b) in enumerate(zip(saved["shapes"], current["shapes"])):
             if a != b:
                 detail = f"; variable {index} ({names[index]}) is {tuple(a[0])} {a[1]} there, {tuple(b[0])} {b[1]} here"
@@ -430,15 +440,10 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save(self, epoch, step):
         model = self.model  # on JAX, reading .model syncs the variables
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"checkpoint-{self.global_step:09d}.weights.h5"
+        name = f"checkpoint-{self.global_step:09d}.npz"
         path = os.path.join(self.backup_dir, name)
-
-        def write(tmp):
-            model.save_weights(tmp)
-            with open(tmp, "rb+") as file:
-                os.fsync(file.fileno())
-
-        replace_atomically(path, write)
+        values = [_to_storable(v) for v in _checkpoint_variables(model)]
+        write_bytes_atomically(path, lambda file: np.savez(file, *values))
         seconds = 0.0 if step == 0 else self._epoch_seconds + time.perf_counter() - self._clock
         state = {
             "format": FORMAT,
@@ -450,7 +455,6 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             "epoch_seconds": seconds,
             "model": _model_signature(model),
             "run": self.run_config,
-            "seed_generators": [_to_list(v) for v in _seed_generator_states(model)],
             "metrics": [_to_list(v) for v in model.metrics_variables],
             "log": self.log,
             "resumes": self.resumes,
@@ -469,7 +473,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         if not os.path.isdir(self.backup_dir):
             return
         for name in os.listdir(self.backup_dir):
-            stale = name.startswith("checkpoint-") and name.endswith(".weights.h5") and name != keep
+            stale = name.startswith("checkpoint-") and name.endswith(".npz") and name != keep
             temp = name.startswith((".checkpoint-", ".state.")) and ".tmp." in name
             if stale or temp:
                 os.remove(os.path.join(self.backup_dir, name))
@@ -520,20 +524,40 @@ def fit(model, backup, epochs, callbacks=None, **kwargs):
     return model.fit(backup.data, epochs=epochs, shuffle=False, callbacks=callbacks, **kwargs)
 
 
-def _seed_generator_states(model):
-    """The state variables of every `SeedGenerator` in the model (Keras names them so)."""
-    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+def _checkpoint_variables(model):
+    """What a checkpoint holds by value: every model variable, then the optimizer's.
+
+    `model.variables` is the weights (LoRA factors included) and every
+    `SeedGenerator` state. Values rather than `model.save_weights`, because
+    layers may save a transformed state: a Dense layer with LoRA saves its
+    kernel with the adapter merged in and loads it with the adapter zeroed,
+    which would restart a LoRA fine-tune from other weights.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    return list(model.variables) + (list(optimizer.variables) if optimizer is not None else [])
+
+
+def _to_storable(variable):
+    value = np.asarray(keras.ops.convert_to_numpy(variable))
+    # bfloat16 and float8 (ml_dtypes) are not numpy dtypes that .npz keeps: store their bits.
+    return value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "V" else value
+
+
+def _from_storable(value, variable):
+    dtype = np.dtype(keras.backend.standardize_dtype(variable.dtype))
+    if dtype.kind == "V" and value.dtype.kind == "u" and value.dtype.itemsize == dtype.itemsize:
+        return value.view(dtype)
+    return value
 
 
 def _model_signature(model):
-    shapes = [[list(v.shape), keras.backend.standardize_dtype(v.dtype)] for v in model.weights]
+    shapes = [[list(v.shape), keras.backend.standardize_dtype(v.dtype)] for v in model.variables]
     optimizer = getattr(model, "optimizer", None)
     optimizer_shapes = [list(v.shape) for v in optimizer.variables] if optimizer is not None else []
     return {
         "class": type(model).__name__,
         "shapes": shapes,
         "optimizer": hashlib.sha256(json.dumps(optimizer_shapes).encode()).hexdigest()[:16],
-        "generators": len(_seed_generator_states(model)),
         "metrics": len(model.metrics_variables),
     }
 

@@ -3,16 +3,9 @@
 Each run trains a tiny MLP on 32 vectors (4 batches of 8 per epoch) for 3 epochs, checkpointing
 every 2 steps. The interrupted run stops after its 7th step (inside epoch 2; the checkpoint of
 step 6 is the latest), or on Ctrl+C (which checkpoints the step it ends), the resumed run
-continues it, and every weight, optimizer and generator
-state and every logged loss must equal the uninterrupted run's. They are compared exactly: on CPU
-the three backends are deterministic for a given program, and the resumed run executes the same
-steps on the same inputs.
-
-To keep the test fast, one model object (one compiled train step) runs all three: it is put
-back to its initial state before the reference and the interrupted run, and the resumed run
-starts from whatever the interrupted run left, which the restore must overwrite entirely (a
-state it missed would still hold step 7's value, not step 6's). A resume in a fresh process is
-what `tools/kill_resume.py` checks, through the command line.
+continues it, and every weight, optimizer and generator state and every logged loss must equal
+the uninterrupted run's, exactly (`tests/resume_check.py` says why, and how one model object runs
+both to keep the test fast).
 """
 
 import json
@@ -25,12 +18,12 @@ import numpy as np
 import pytest
 
 from keras_diffusion import resume
-from keras_diffusion.callbacks import InterruptAtBatchEnd
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import FlowMatching
 from keras_diffusion.processes import DiscreteVPSchedule
+from tests.resume_check import assert_same_run
 
 X = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
 LABELS = np.arange(32) % 3
@@ -70,64 +63,8 @@ def _data(kind, batch_size=8):
     return resume.ResumableBatches(data, batch_size, seed=3)
 
 
-class _StopAfter(keras.callbacks.Callback):
-    """Stops training after `steps` training steps: a kill (KeyboardInterrupt at once), or Ctrl+C.
-
-    For Ctrl+C it sets the flag of an `InterruptAtBatchEnd` listed after it,
-    as its SIGINT handler would during that step.
-    """
-
-    def __init__(self, steps, ctrl_c=None):
-        super().__init__()
-        self.steps, self.seen, self.ctrl_c = steps, 0, ctrl_c
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.steps:
-            if self.ctrl_c is None:
-                raise KeyboardInterrupt
-            self.ctrl_c.requested = True
-
-
-def _train(model, data, folder, stop_after=None, **config):
-    """One run; `stop_after`: kill after this many steps, or `("ctrl_c", steps)`."""
-    backup = resume.ExactBackupAndRestore(folder, data, save_freq=2, run_config=config or None)
-    callbacks = []
-    if isinstance(stop_after, tuple):
-        interrupt = InterruptAtBatchEnd(before_interrupt=backup.save_now)
-        callbacks = [_StopAfter(stop_after[1], ctrl_c=interrupt), interrupt]
-    elif stop_after is not None:
-        callbacks = [_StopAfter(stop_after)]
-    try:
-        resume.fit(model, backup, epochs=3, callbacks=callbacks, verbose=0)
-    except KeyboardInterrupt:
-        pass
-    return backup
-
-
-def _variables(model):
-    return model.weights + model.optimizer.variables + resume._seed_generator_states(model)
-
-
 def _assert_same_run(kind, tmp_path, use_ema=True, stops=(7,)):
-    model, data = _model(kind, use_ema), _data(kind)
-    model.optimizer.build(model.trainable_variables)
-    initial = [keras.ops.convert_to_numpy(v) for v in _variables(model)]
-
-    def restart():
-        for variable, value in zip(_variables(model), initial):
-            variable.assign(value)
-
-    reference_backup = _train(model, data, tmp_path / "a")
-    reference = [keras.ops.convert_to_numpy(v) for v in _variables(model)]
-    restart()
-    for stop in stops:
-        _train(model, data, tmp_path / "b", stop_after=stop)
-    backup = _train(model, data, tmp_path / "b")
-    for a, b in zip(reference, _variables(model), strict=True):
-        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
-    assert [entry["loss"] for entry in backup.log] == [entry["loss"] for entry in reference_backup.log]
-    assert [entry["epoch"] for entry in backup.log] == [1, 2, 3]
+    backup, _ = assert_same_run(_model(kind, use_ema), _data(kind), tmp_path, stops)
     return backup
 
 
@@ -234,12 +171,11 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(checkpoint, tmp_pa
     model.optimizer.build(model.trainable_variables)
     backup.global_step = 4
 
-    def half_written(path, *args, **kwargs):  # the process dies inside save_weights
-        with open(path, "wb") as file:
-            file.write(b"\x89HDF partial")
+    def half_written(file, *args, **kwargs):  # the process dies inside np.savez
+        file.write(b"PK partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model, "save_weights", half_written)
+    monkeypatch.setattr(np, "savez", half_written)
     with pytest.raises(KeyboardInterrupt):
         backup._save(1, 0)
     assert sorted(os.listdir(folder)) == before
@@ -249,7 +185,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(checkpoint, tmp_pa
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(resume, "write_bytes_atomically", killed)
+    monkeypatch.setattr(backup, "_write_state", killed)
     with pytest.raises(KeyboardInterrupt):
         backup._save(1, 0)
     assert len(os.listdir(folder)) == len(before) + 1
