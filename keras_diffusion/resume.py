@@ -136,13 +136,20 @@ class ResumableBatches(keras.utils.PyDataset):
         self.steps_per_epoch = math.ceil(self.num_examples / self.batch_size)
         self.epoch, self.start_step = 0, 0
         self._next_index = 0
+        self._positioned = False
 
     def set_position(self, epoch, step=0):
-        """Makes the next pass serve epoch `epoch` from batch `step` on."""
+        """Makes the next pass serve epoch `epoch` from batch `step` on.
+
+        From then on the position changes only through this method (as
+        `ExactBackupAndRestore` sets it at every epoch start), not after a
+        whole pass.
+        """
         if not 0 <= step < self.steps_per_epoch:
             raise ValueError(f"step must be in [0, {self.steps_per_epoch}). Received: step={step}")
         self.epoch, self.start_step = int(epoch), int(step)
         self._next_index = 0
+        self._positioned = True
 
     def config(self):
         """What fixes the batches: compared with a checkpoint's by `ExactBackupAndRestore`."""
@@ -174,9 +181,13 @@ class ResumableBatches(keras.utils.PyDataset):
             raise IndexError(f"Batch {index} out of range for {len(self)} batches.")
         # Read one at a time, Keras asks for 0, 1, 2, ... unless fit() shuffles.
         if self.workers <= 1 and not self.use_multiprocessing:
-            if index == 0 and self._next_index == len(self):
+            if index == 0 and self._next_index == len(self) and not self._positioned:
                 # A whole pass was served: a plain fit() (no ExactBackupAndRestore
                 # to set the position) starts its next epoch, in the next order.
+                # Not once positioned: Keras reads batches before an epoch starts
+                # (TensorFlow twice: for the specs, and for the symbolic build),
+                # and moving a one-batch-long remainder on to the next epoch there
+                # changed Keras' count of the epoch's steps.
                 self.epoch, self.start_step = self.epoch + 1, 0
             elif index not in (0, self._next_index):
                 raise ValueError(
