@@ -166,6 +166,14 @@ def test_a_truncated_state_file_is_a_clear_error(checkpoint, tmp_path):
         _resume_flow(folder, lr="1e-2")
 
 
+def test_a_checkpoint_of_another_format_is_named(checkpoint, tmp_path):
+    folder = _copy(checkpoint, tmp_path)
+    state = folder / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "format": 1}))
+    with pytest.raises(ValueError, match=r"has format 1, written by another version.*start fresh"):
+        _resume_flow(folder, lr="1e-2")
+
+
 def test_a_plain_fit_refuses_a_checkpoint_inside_an_epoch(checkpoint, tmp_path):
     folder = _copy(checkpoint, tmp_path)
     data = _data("flow")
