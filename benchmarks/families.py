@@ -33,14 +33,13 @@ rtol = atol = 1e-5, one Rademacher probe, uniform dequantization, score_sde's
 `+7`) of the first `--bpd-images` held-out digits, with the mean, its
 standard error and the solver's NFE per batch.
 
-A rerun of the same command resumes: each family's trained model is saved
-(`<family>.keras`) and every finished measurement is kept in
-`<backend>.partial.json`; training itself checkpoints every 100 steps through
-`keras_diffusion.resume` (the CPU seconds already spent travel with the
-checkpoint), so a kill costs at most 100 steps. Other arguments against an
-existing partial run are refused (except `--bpd-images`: a rerun with a
-number adds bits/dim to the finished families); delete the folder to start
-fresh.
+A rerun of the same command resumes (`benchmarks.partial`): each family's
+trained model and every finished measurement are kept in `--work`
+(`runs/families/<backend>`); training itself checkpoints every 100 steps
+through `keras_diffusion.resume`, with the CPU seconds already spent, so a
+kill costs at most 100 steps. Other arguments against an existing run are
+refused, except `--bpd-images`: a rerun with another number adds bits/dim
+to the trained families. Delete the folder to start fresh.
 
 It writes `benchmarks/results/families/<backend>.{md,json}` and
 `<backend>_<family>.png` (atomically).
@@ -175,45 +174,16 @@ def bits_per_dim(model, images, batch_size=250, seed=0):
             "num_images": len(values), "nfe_per_batch": nfes}
 
 
-class Partial:
-    """The finished measurements of a run, kept in a JSON file so that a rerun skips them."""
-
-    def __init__(self, path, config):
-        from keras_diffusion.files import write_json
-
-        self.path, self._write = path, write_json
-        self.results = {"config": config, "families": {}}
-        if os.path.isfile(path):
-            import json
-
-            with open(path) as file:
-                saved = json.load(file)
-            if saved["config"] != config:
-                differing = sorted(k for k in config if saved["config"].get(k) != config[k])
-                raise SystemExit(
-                    f"{path} holds a run with other arguments ({', '.join(differing)} differ). Rerun with "
-                    f"the same arguments to resume it, or delete {os.path.dirname(path)!r} to start fresh."
-                )
-            self.results = saved
-
-    def family(self, name):
-        return self.results["families"].setdefault(name, {"samples": []})
-
-    def save(self):
-        self._write(self.path, self.results)
-
-
-def run(minutes, num_images, families=tuple(SAMPLERS), seed=0, bpd_images=1000, out=None):
-    """Trains and measures every family, resuming from `out`; returns the results dict."""
+def run(minutes, num_images, families=tuple(SAMPLERS), seed=0, bpd_images=1000, work=None):
+    """Trains and measures every family, resuming from `work`; returns the results dict."""
     import keras_diffusion as kd
-    from keras_diffusion import images as kd_images
+    from benchmarks.partial import PartialResults
     from keras_diffusion import metrics
     from keras_diffusion.files import save_model
 
     backend = keras.backend.backend()
-    out = out or os.path.join("benchmarks", "results", "families")
-    folder = os.path.join(out, backend)
-    os.makedirs(folder, exist_ok=True)
+    work = work or os.path.join("runs", "families", backend)
+    os.makedirs(work, exist_ok=True)
     train_images, _ = metrics.mnist_training_split(image_size=IMAGE_SIZE)
     train_images = train_images * 2.0 - 1.0
     features = metrics.get_feature_extractor("mnist", output="features")
@@ -223,44 +193,49 @@ def run(minutes, num_images, families=tuple(SAMPLERS), seed=0, bpd_images=1000, 
     config = {"minutes": minutes, "num_images": num_images, "image_size": IMAGE_SIZE, "network": "mnist_small",
               "batch_size": BATCH_SIZE, "nfes": list(NFES), "seed": seed, "backend": backend,
               "train_images": len(train_images)}
-    partial = Partial(os.path.join(out, f"{backend}.partial.json"), config)
-    partial.results.setdefault("machine", compare.machine_info(compare.Config()))
+    stages = PartialResults(os.path.join(work, "families.partial.json"), config)
+    results = {"config": config, "machine": compare.machine_info(compare.Config()), "families": {}}
     for family in families:
-        record = partial.family(family)
-        model_path = os.path.join(folder, f"{family}.keras")
-        if os.path.isfile(model_path):
-            model = kd.load_model(model_path)
-        else:
+        model_path = os.path.join(work, f"{family}.keras")
+        trained = []
+
+        def train_stage():
             model = build_model(family, seed)
             print(f"{family}: training for {minutes} CPU minute(s) ...", flush=True)
-            backup, record["training"] = train(model, train_images, minutes, os.path.join(folder, family), seed)
-            record["params"] = model.network.count_params()
+            backup, training = train(model, train_images, minutes, os.path.join(work, family), seed)
             save_model(model, model_path)
-            partial.save()
             backup.delete()
-        done = {(row["sampler"], row["nfe_budget"]) for row in record["samples"]}
+            trained.append(model)
+            return {"training": training, "params": model.network.count_params()}
+
+        record = dict(stages.stage(f"{family}/training", train_stage, outputs=[model_path]))
+        model = trained[0] if trained else kd.load_model(model_path)
+        record["samples"] = []
         for sampler in SAMPLERS[family]:
             for nfe in NFES:
-                if (sampler, nfe) in done:
-                    continue
                 steps, evaluations = steps_for(sampler, nfe)
+
+                def fid_stage():
+                    start = time.perf_counter()
+                    generated = sample(model, sampler, steps, num_images, seed=seed)
+                    fid = metrics.fid_from_features(real_features, keras.ops.convert_to_numpy(features(generated)))
+                    if sampler == SAMPLERS[family][0] and nfe == NFES[-1]:
+                        np.save(os.path.join(work, f"{family}_grid.npy"), generated[:64])
+                    return {"sampler": sampler, "nfe_budget": nfe, "steps": steps, "nfe": evaluations,
+                            "fid": float(fid), "sample_seconds": round(time.perf_counter() - start, 1)}
+
+                row = stages.stage(f"{family}/{sampler}/{nfe}", fid_stage)
+                record["samples"].append(row)
+                print(f"  {family} {sampler:9s} {steps:3d} steps, {evaluations:2d} NFE: FID {row['fid']:.2f}", flush=True)
+        if bpd_images:
+            def bpd_stage():
                 start = time.perf_counter()
-                generated = sample(model, sampler, steps, num_images, seed=seed)
-                fid = float(metrics.fid_from_features(real_features, keras.ops.convert_to_numpy(features(generated))))
-                record["samples"].append({"sampler": sampler, "nfe_budget": nfe, "steps": steps, "nfe": evaluations,
-                                          "fid": fid, "sample_seconds": round(time.perf_counter() - start, 1)})
-                if sampler == SAMPLERS[family][0] and nfe == NFES[-1]:
-                    kd_images.save_grid(os.path.join(out, f"{backend}_{family}.png"), generated[:64])
-                partial.save()
-                print(f"  {family} {sampler:9s} {steps:3d} steps, {evaluations:2d} NFE: FID {fid:.2f}", flush=True)
-        if bpd_images and "likelihood" not in record:
-            start = time.perf_counter()
-            record["likelihood"] = bits_per_dim(model, real_uint8[:bpd_images], seed=seed)
-            record["likelihood"]["seconds"] = round(time.perf_counter() - start, 1)
-            partial.save()
+                bpd = bits_per_dim(model, real_uint8[:bpd_images], seed=seed)
+                return dict(bpd, seconds=round(time.perf_counter() - start, 1))
+
+            record["likelihood"] = stages.stage(f"{family}/bits_per_dim/{bpd_images}", bpd_stage)
             print(f"  {family} bits/dim {record['likelihood']['bpd']:.3f}", flush=True)
-    results = dict(partial.results)
-    results["families"] = {name: partial.results["families"][name] for name in families}
+        results["families"][family] = record
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     return results
 
@@ -314,9 +289,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="CPU minutes of training per family")
     parser.add_argument("--num-images", type=int, default=1000, help="samples per FID")
-    parser.add_argument("--bpd-images", type=int, default=1000, help="held-out digits for bits/dim (0: skip)")
+    parser.add_argument("--bpd-images", type=int, default=0,
+                        help="held-out digits for bits/dim (0: skip; slow: hundreds of ODE steps, each a jvp)")
     parser.add_argument("--families", default=",".join(SAMPLERS), help="comma-separated: " + ",".join(SAMPLERS))
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "families"))
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "families"),
+                        help="where the tables and grids go")
+    parser.add_argument("--work", default=None,
+                        help="trained models, checkpoints and finished stages (default: runs/families/BACKEND)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0,
                         help="intra-op threads for torch and TensorFlow (0: one per core); 1 keeps torch from "
@@ -332,10 +311,18 @@ def main(argv=None):
     from keras_diffusion.files import replace_atomically
     from keras_diffusion.files import write_json
 
-    threads = compare._set_threads(keras.backend.backend(), args.threads or len(os.sched_getaffinity(0)))
-    results = run(args.minutes, args.num_images, families, args.seed, args.bpd_images, args.out)
-    results["machine"]["threads"] = threads
+    from keras_diffusion.images import save_grid
+
     backend = keras.backend.backend()
+    threads = compare._set_threads(backend, args.threads or len(os.sched_getaffinity(0)))
+    work = args.work or os.path.join("runs", "families", backend)
+    results = run(args.minutes, args.num_images, families, args.seed, args.bpd_images, work)
+    results["machine"]["threads"] = threads
+    os.makedirs(args.out, exist_ok=True)
+    for family in families:
+        grid = os.path.join(work, f"{family}_grid.npy")
+        if os.path.isfile(grid):
+            save_grid(os.path.join(args.out, f"{backend}_{family}.png"), np.load(grid))
     write_json(os.path.join(args.out, f"{backend}.json"), results)
     table = markdown(results)
 

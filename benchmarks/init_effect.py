@@ -9,9 +9,17 @@ kernels, zero biases, zero head) and once from PyTorch's default rule
 network). After every epoch it prints the held-out noise-prediction MSE on
 `--held-out` digits that training never sees, with fixed noise and
 timesteps, and at the end a markdown table.
+
+A rerun of an interrupted command resumes per finished stage: each
+initialisation's curve is saved when its training ends, to
+`benchmarks/results/init_effect.<backend>.partial.json` (`--partial`), and
+read back instead of retrained; a stage cut short is rerun from its start.
+Each stage seeds everything itself, so a rerun gives the uninterrupted run's
+table.
 """
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -55,18 +63,35 @@ def held_out_curve(init, network, epochs, held_out, batch_size=64, seed=0, train
 
 def main(argv=None):
     """Command-line entry point; see the module docstring."""
+    import keras
+
     from benchmarks import compare
+    from benchmarks.partial import PartialResults
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.init_effect", description=__doc__.splitlines()[0])
     parser.add_argument("--network", choices=sorted(compare.NETWORKS), default="mnist_small")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--held-out", type=int, default=256)
+    parser.add_argument(
+        "--partial", default=None,
+        help="the finished stages, for a rerun to skip (default: "
+        "benchmarks/results/init_effect.<backend>.partial.json); deleted at the end",
+    )
     args = parser.parse_args(argv)
-    curves = {init: held_out_curve(init, args.network, args.epochs, args.held_out) for init in ("keras", "pytorch")}
+    backend = keras.backend.backend()
+    stages = PartialResults(
+        args.partial or os.path.join("benchmarks", "results", f"init_effect.{backend}.partial.json"),
+        {"network": args.network, "epochs": args.epochs, "held_out": args.held_out, "backend": backend},
+    )
+    curves = {
+        init: stages.stage(init, lambda init=init: held_out_curve(init, args.network, args.epochs, args.held_out))
+        for init in ("keras", "pytorch")
+    }
     print("| epoch | " + " | ".join(str(e + 1) for e in range(args.epochs)) + " |")
     print("|---|" + "---|" * args.epochs)
     for init, curve in curves.items():
         print(f"| {init} | " + " | ".join(f"{v:.3f}" for v in curve) + " |")
+    stages.delete()
     return 0
 
 

@@ -24,12 +24,19 @@ after training it measures two things:
   colour against the other colour's.
 
 It writes `benchmarks/results/sd3_captions/<backend>.{json,md}`.
+
+A rerun of an interrupted command resumes per finished stage (the base
+model, then each method): each stage's result is saved when it ends, to
+`<out>/<backend>.partial.json`, with the base model's preset in
+`<out>/<backend>.base_preset/`, and read back instead of rerun; a stage cut
+short is rerun from its start. Both are deleted once the results are
+written.
 """
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 
 import numpy as np
 
@@ -86,6 +93,7 @@ def base_model(preset, folder, seed=0, epochs=BASE_EPOCHS):
     import keras
 
     from keras_diffusion import sd3
+    from keras_diffusion.files import replace_folder_atomically
     from keras_diffusion.sd3 import data
     from keras_diffusion.sd3.finetune import FlowMatchingTrainer
 
@@ -95,7 +103,7 @@ def base_model(preset, folder, seed=0, epochs=BASE_EPOCHS):
     trainer = FlowMatchingTrainer(model.backbone, seed=seed)
     trainer.compile(keras.optimizers.AdamW(1e-3, weight_decay=0.0))
     history = trainer.fit(data.TrainingBatches(cached, 8, random_flip=False, seed=seed), epochs=epochs, verbose=0)
-    model.save_to_preset(folder)
+    replace_folder_atomically(folder, model.save_to_preset)
     # Does the base read its own captions? The same two measures, green vs cyan.
     own = colour_squares(("green", "cyan"), size=model.image_size[0], seed=seed + 1)
     latents = data.cache_examples(model, own, batch_size=8, random_flip=False, seed=seed)["latents"]
@@ -283,22 +291,30 @@ def main(argv=None):
 
     import keras
 
+    from benchmarks.partial import PartialResults
     from keras_diffusion import sd3
     from keras_diffusion.files import replace_atomically, write_json
 
     os.makedirs(args.out, exist_ok=True)
 
     backend = keras.backend.backend()
-    with tempfile.TemporaryDirectory() as folder:
-        preset = os.path.join(folder, "base")
-        base = base_model(sd3.tiny_preset_dir(), preset, seed=args.seed)
-        curve = base["loss_curve"]
-        print(f"base model: loss {curve[0]} -> {curve[-1]}; own captions: {base['green_vs_cyan']}", flush=True)
-        results = [run_one(method, preset, args) for method in args.methods]
+    stages = PartialResults(
+        os.path.join(args.out, f"{backend}.partial.json"),
+        {"epochs": args.epochs, "seed": args.seed, "backend": backend},
+    )
+    preset = os.path.join(args.out, f"{backend}.base_preset")
+    base = stages.stage(
+        "base", lambda: base_model(sd3.tiny_preset_dir(), preset, seed=args.seed), outputs=[preset]
+    )
+    curve = base["loss_curve"]
+    print(f"base model: loss {curve[0]} -> {curve[-1]}; own captions: {base['green_vs_cyan']}", flush=True)
+    results = [stages.stage(method, lambda method=method: run_one(method, preset, args)) for method in args.methods]
     write_json(os.path.join(args.out, f"{backend}.json"), {"base": base, "methods": results})
     table = markdown(results, backend, base)
     replace_atomically(os.path.join(args.out, f"{backend}.md"), lambda path: open(path, "w").write(table))
     print(table)
+    stages.delete()
+    shutil.rmtree(preset)
     return 0
 
 

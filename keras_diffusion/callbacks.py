@@ -103,16 +103,28 @@ class InterruptAtBatchEnd(keras.callbacks.Callback):
     which can be inside a backend's native code: a TensorFlow run interrupted
     there aborted with "free(): invalid next size". This callback replaces the
     SIGINT handler while training: the first Ctrl+C only sets a flag, and the
-    interrupt is raised from `on_train_batch_end`, in plain Python. A second
-    Ctrl+C interrupts at once. A process that ignores SIGINT (started in the
-    background by a shell) keeps ignoring it.
+    interrupt is raised from `on_train_batch_end`, in plain Python, where the
+    model holds a finished step. A Ctrl+C during the last batch of an epoch
+    is raised at that epoch's end instead, so that the epoch-end work of the
+    callbacks listed before this one (a checkpoint, a log entry) is done. A
+    second Ctrl+C interrupts at once. A process that ignores SIGINT (started
+    in the background by a shell) keeps ignoring it. List it last, so that
+    the other callbacks see the batch end first.
+
+    Args:
+        before_interrupt: optional `f()`, called at the batch end where the
+            interrupt is raised, just before: the moment to save the
+            finished step (`cli.train.fit_with_backup` passes
+            `ExactBackupAndRestore.save_now`, so a rerun loses no step). Not
+            called when the interrupt waits for an epoch's end.
 
     Example:
     >>> model.fit(images, epochs=5, callbacks=[InterruptAtBatchEnd()])  # doctest: +SKIP
     """
 
-    def __init__(self):
+    def __init__(self, before_interrupt=None):
         super().__init__()
+        self.before_interrupt = before_interrupt
         self.requested = False
         self._previous = None
 
@@ -133,6 +145,14 @@ class InterruptAtBatchEnd(keras.callbacks.Callback):
                 self._previous = signal.signal(signal.SIGINT, self._request)
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self.requested or batch + 1 == (self.params or {}).get("steps"):
+            return
+        if self.before_interrupt is not None:
+            self.before_interrupt()
+        self._restore()
+        raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch, logs=None):
         if self.requested:
             self._restore()
             raise KeyboardInterrupt

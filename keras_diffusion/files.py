@@ -71,6 +71,45 @@ def write_bytes_atomically(path, write):
     return replace_atomically(path, write_path)
 
 
+def replace_folder_atomically(folder, write):
+    """Calls `write(staging)` on a new folder beside `folder`, then renames it to `folder`.
+
+    A failed write leaves no staging folder behind. An existing `folder` is
+    removed just before the rename, so that only a kill between those two
+    leaves neither (the staging folder, `.NAME.<random>`, is then beside it).
+
+    Args:
+        folder: the destination folder.
+        write: a function that writes a complete folder at the path it is
+            given (e.g. `StableDiffusion3.save_to_preset`).
+
+    Returns:
+        `folder`.
+
+    Example:
+    >>> import tempfile
+    >>> target = os.path.join(tempfile.mkdtemp(), "preset")
+    >>> def write(path):
+    ...     os.makedirs(path)
+    ...     open(os.path.join(path, "config.json"), "w").close()
+    >>> os.listdir(replace_folder_atomically(target, write))
+    ['config.json']
+    """
+    import shutil
+
+    folder = os.fspath(folder)
+    parent, name = os.path.split(os.path.abspath(folder))
+    staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}")
+    try:
+        write(staging)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def write_json(path, data):
     """Writes `data` as indented JSON to `path`, atomically; returns `path`."""
 

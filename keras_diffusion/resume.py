@@ -16,8 +16,8 @@ equal the uninterrupted one:
 
 | part | where it lives |
 |---|---|
-| weights, optimizer state (moments, EMA, `iterations`, so the learning-rate schedule's step) | `checkpoint-<step>.weights.h5` (`model.save_weights`) |
-| every `SeedGenerator` state (the model's noise, timesteps and label dropout; a network's Dropout) | `state.json` |
+| weights (LoRA factors too), optimizer state (moments, EMA, `iterations`, so the learning-rate schedule's step) | `checkpoint-<step>.npz` (every variable's value) |
+| every `SeedGenerator` state (the model's noise, timesteps and label dropout; a network's Dropout) | `checkpoint-<step>.npz` |
 | the metric accumulators of the current epoch (so the epoch's mean loss is the uninterrupted one) | `state.json` |
 | the epoch, the step within it (the data position) | `state.json` |
 | the logs of the finished epochs and where the run resumed | `state.json` |
@@ -31,10 +31,17 @@ it works for every generator of any model (a network's Dropout layers have
 their own, seeded at random unless `keras.utils.set_random_seed` ran) and
 for models built with `seed=None`, without changing any model's `call()`.
 
+The variables are stored by value, not with `model.save_weights`: a Dense
+layer with LoRA saves its kernel with the adapter merged in and loads it
+with the adapter zeroed, so a LoRA fine-tune resumed from `save_weights`
+would train on from other weights (and its adapter would restart at zero).
+
 Writes are atomic: the weights go to a new file (temp file, then rename),
 and `state.json`, which names that file and its size, is renamed into place
 last; only then is the previous weights file removed. A kill at any moment
-leaves the previous checkpoint or the new one.
+leaves the previous checkpoint or the new one. A resume writes its mark
+into `state.json` at once (the same way), so the run's record of its
+resumes survives a rerun killed before its first checkpoint.
 
 Inside an epoch: Keras' `fit()` has no initial step, and `BackupAndRestore`
 restores whole epochs (`model._initial_epoch`). `fit` below resumes inside
@@ -67,11 +74,11 @@ import time
 import keras
 import numpy as np
 
-from keras_diffusion.files import replace_atomically
 from keras_diffusion.files import write_bytes_atomically
 
 STATE_FILE = "state.json"
-FORMAT = 1
+# 2: the weights file holds every variable's value (`_checkpoint_variables`).
+FORMAT = 2
 
 
 class ResumableBatches(keras.utils.PyDataset):
@@ -129,13 +136,20 @@ class ResumableBatches(keras.utils.PyDataset):
         self.steps_per_epoch = math.ceil(self.num_examples / self.batch_size)
         self.epoch, self.start_step = 0, 0
         self._next_index = 0
+        self._positioned = False
 
     def set_position(self, epoch, step=0):
-        """Makes the next pass serve epoch `epoch` from batch `step` on."""
+        """Makes the next pass serve epoch `epoch` from batch `step` on.
+
+        From then on the position changes only through this method (as
+        `ExactBackupAndRestore` sets it at every epoch start), not after a
+        whole pass.
+        """
         if not 0 <= step < self.steps_per_epoch:
             raise ValueError(f"step must be in [0, {self.steps_per_epoch}). Received: step={step}")
         self.epoch, self.start_step = int(epoch), int(step)
         self._next_index = 0
+        self._positioned = True
 
     def config(self):
         """What fixes the batches: compared with a checkpoint's by `ExactBackupAndRestore`."""
@@ -167,9 +181,13 @@ class ResumableBatches(keras.utils.PyDataset):
             raise IndexError(f"Batch {index} out of range for {len(self)} batches.")
         # Read one at a time, Keras asks for 0, 1, 2, ... unless fit() shuffles.
         if self.workers <= 1 and not self.use_multiprocessing:
-            if index == 0 and self._next_index == len(self):
+            if index == 0 and self._next_index == len(self) and not self._positioned:
                 # A whole pass was served: a plain fit() (no ExactBackupAndRestore
                 # to set the position) starts its next epoch, in the next order.
+                # Not once positioned: Keras reads batches before an epoch starts
+                # (TensorFlow twice: for the specs, and for the symbolic build),
+                # and moving a one-batch-long remainder on to the next epoch there
+                # changed Keras' count of the epoch's steps.
                 self.epoch, self.start_step = self.epoch + 1, 0
             elif index not in (0, self._next_index):
                 raise ValueError(
@@ -219,7 +237,8 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             (1-based), the logged metrics, `"seconds"` (time spent in the
             epoch's counted steps, over every process).
         resumes: one dict per resume: `"epoch"` (1-based) and `"step"` (the
-            steps of that epoch already done) where training continued.
+            steps of that epoch already done) where training continued;
+            saved in the checkpoint as soon as the resume happens.
         global_step: steps done over the whole run.
 
     Example:
@@ -267,7 +286,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"position step by step. Received: steps_per_execution={self.model.steps_per_execution}."
             )
         self.log, self.resumes, self.global_step = [], [], 0
-        self._resume_at = None
+        self._resume_at = self._saved_step = None
         self._load_model()
 
     def _load_model(self):
@@ -294,19 +313,25 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._check_model(state)
         weights = os.path.join(self.backup_dir, state["weights"])
         self._check_file(weights, state["weights_bytes"])
+        variables = _checkpoint_variables(model)
         try:
-            model.load_weights(weights)
+            with np.load(weights) as arrays:
+                values = [arrays[f"arr_{index}"] for index in range(len(variables))]
         except Exception as err:
             raise ValueError(
                 f"The checkpoint file {weights!r} cannot be read ({err}). {self._fresh_hint()}"
             ) from None
-        for variable, value in zip(_seed_generator_states(model), state["seed_generators"]):
-            variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
+        for variable, value in zip(variables, values):
+            variable.assign(_from_storable(value, variable))
         if self.extra_state is not None:
             self.extra_state.set_state(state.get("extra", {}))
         self.log, self.resumes, self.global_step = state["log"], state["resumes"], state["global_step"]
+        self._saved_step = self.global_step
         if not self._continuing:
             self.resumes.append({"epoch": epoch + 1, "step": step})
+            # Written now, not with the next checkpoint: a rerun killed before
+            # that one still leaves its mark.
+            self._write_state(state)
         self._continuing = False
         self._remove_stale_files(keep=state["weights"])
         model._initial_epoch = epoch
@@ -318,16 +343,19 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             with open(self._state_path) as file:
                 state = json.load(file)
-            if state.get("format") != FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
-            for key in ("weights", "weights_bytes", "epoch", "step", "global_step", "model", "run",
-                        "seed_generators", "metrics", "log", "resumes", "epoch_seconds"):
+            for key in ("format", "weights", "weights_bytes", "epoch", "step", "global_step", "model", "run",
+                        "metrics", "log", "resumes", "epoch_seconds"):
                 state[key]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             raise ValueError(
                 f"The checkpoint state {self._state_path!r} is damaged or truncated ({err}). "
                 f"{self._fresh_hint()}"
             ) from None
+        if state["format"] != FORMAT:
+            raise ValueError(
+                f"The checkpoint in {self.backup_dir!r} has format {state['format']!r}, written by another "
+                f"version of keras_diffusion; this one reads format {FORMAT}. {self._fresh_hint()}"
+            )
         return state
 
     def _check_file(self, path, expected):
@@ -345,7 +373,7 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
         if saved == current:
             return
         detail = ""
-        names = [v.path for v in self.model.weights]
+        names = [v.path for v in self.model.variables]
         for index, (a, b) in enumerate(zip(saved["shapes"], current["shapes"])):
             if a != b:
                 detail = f"; variable {index} ({names[index]}) is {tuple(a[0])} {a[1]} there, {tuple(b[0])} {b[1]} here"
@@ -381,14 +409,33 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
                 variable.assign(np.asarray(value, keras.backend.standardize_dtype(variable.dtype)))
             self._resume_at = None
         self.data.set_position(epoch, self._epoch_start)
+        self._step = self._epoch_start
         self._clock = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._epoch_start + batch + 1
+        self._step = step = self._epoch_start + batch + 1
         self.global_step = self._epoch * self.data.steps_per_epoch + step
         # The last step's checkpoint is the epoch end's, which follows at once.
         if self.save_freq != "epoch" and self.global_step % self.save_freq == 0 and step < self.data.steps_per_epoch:
             self._save(self._epoch, step)
+
+    def save_now(self):
+        """Checkpoints the step that just ended (unless that step's checkpoint is written).
+
+        For a stop between two scheduled checkpoints, such as Ctrl+C
+        (`InterruptAtBatchEnd(before_interrupt=backup.save_now)`): the rerun
+        then repeats no step. Call it from an `on_train_batch_end` of a
+        callback listed after this one, where the model holds a finished
+        step; not after an epoch's last batch, whose checkpoint is the epoch
+        end's.
+        """
+        if self._step == self.data.steps_per_epoch:
+            raise ValueError(
+                "save_now() was called after the last batch of an epoch; that checkpoint is "
+                "written at the epoch end. Call it after another batch, or let the epoch end."
+            )
+        if self._saved_step != self.global_step:
+            self._save(self._epoch, self._step)
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1}
@@ -415,15 +462,10 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save(self, epoch, step):
         model = self.model  # on JAX, reading .model syncs the variables
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"checkpoint-{self.global_step:09d}.weights.h5"
+        name = f"checkpoint-{self.global_step:09d}.npz"
         path = os.path.join(self.backup_dir, name)
-
-        def write(tmp):
-            model.save_weights(tmp)
-            with open(tmp, "rb+") as file:
-                os.fsync(file.fileno())
-
-        replace_atomically(path, write)
+        values = [_to_storable(v) for v in _checkpoint_variables(model)]
+        write_bytes_atomically(path, lambda file: np.savez(file, *values))
         seconds = 0.0 if step == 0 else self._epoch_seconds + time.perf_counter() - self._clock
         state = {
             "format": FORMAT,
@@ -435,23 +477,26 @@ class ExactBackupAndRestore(keras.callbacks.BackupAndRestore):
             "epoch_seconds": seconds,
             "model": _model_signature(model),
             "run": self.run_config,
-            "seed_generators": [_to_list(v) for v in _seed_generator_states(model)],
             "metrics": [_to_list(v) for v in model.metrics_variables],
             "log": self.log,
             "resumes": self.resumes,
             "extra": self.extra_state.get_state() if self.extra_state is not None else {},
         }
-        text = json.dumps(state, indent=1).encode()
         # The state names its weights file: renaming it into place commits the checkpoint.
-        write_bytes_atomically(self._state_path, lambda file: file.write(text))
+        self._write_state(state)
+        self._saved_step = self.global_step
         self._remove_stale_files(keep=name)
+
+    def _write_state(self, state):
+        text = json.dumps(state, indent=1).encode()
+        write_bytes_atomically(self._state_path, lambda file: file.write(text))
 
     def _remove_stale_files(self, keep):
         """Removes weights files no state names, and temp files of interrupted writes."""
         if not os.path.isdir(self.backup_dir):
             return
         for name in os.listdir(self.backup_dir):
-            stale = name.startswith("checkpoint-") and name.endswith(".weights.h5") and name != keep
+            stale = name.startswith("checkpoint-") and name.endswith(".npz") and name != keep
             temp = name.startswith((".checkpoint-", ".state.")) and ".tmp." in name
             if stale or temp:
                 os.remove(os.path.join(self.backup_dir, name))
@@ -506,20 +551,40 @@ def fit(model, backup, epochs, callbacks=None, **kwargs):
     return model.fit(backup.data, epochs=epochs, shuffle=False, callbacks=callbacks, **kwargs)
 
 
-def _seed_generator_states(model):
-    """The state variables of every `SeedGenerator` in the model (Keras names them so)."""
-    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+def _checkpoint_variables(model):
+    """What a checkpoint holds by value: every model variable, then the optimizer's.
+
+    `model.variables` is the weights (LoRA factors included) and every
+    `SeedGenerator` state. Values rather than `model.save_weights`, because
+    layers may save a transformed state: a Dense layer with LoRA saves its
+    kernel with the adapter merged in and loads it with the adapter zeroed,
+    which would restart a LoRA fine-tune from other weights.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    return list(model.variables) + (list(optimizer.variables) if optimizer is not None else [])
+
+
+def _to_storable(variable):
+    value = np.asarray(keras.ops.convert_to_numpy(variable))
+    # bfloat16 and float8 (ml_dtypes) are not numpy dtypes that .npz keeps: store their bits.
+    return value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "V" else value
+
+
+def _from_storable(value, variable):
+    dtype = np.dtype(keras.backend.standardize_dtype(variable.dtype))
+    if dtype.kind == "V" and value.dtype.kind == "u" and value.dtype.itemsize == dtype.itemsize:
+        return value.view(dtype)
+    return value
 
 
 def _model_signature(model):
-    shapes = [[list(v.shape), keras.backend.standardize_dtype(v.dtype)] for v in model.weights]
+    shapes = [[list(v.shape), keras.backend.standardize_dtype(v.dtype)] for v in model.variables]
     optimizer = getattr(model, "optimizer", None)
     optimizer_shapes = [list(v.shape) for v in optimizer.variables] if optimizer is not None else []
     return {
         "class": type(model).__name__,
         "shapes": shapes,
         "optimizer": hashlib.sha256(json.dumps(optimizer_shapes).encode()).hexdigest()[:16],
-        "generators": len(_seed_generator_states(model)),
         "metrics": len(model.metrics_variables),
     }
 

@@ -234,3 +234,75 @@ def test_families_carries_the_cpu_budget_across_a_resume(tmp_path):
     # This process's first step (5) is not counted either: steps 6 and 7 bring it to 5 seconds,
     # inside epoch 1, which the first of resume.fit's two calls finishes; no second call runs.
     assert backup.global_step == 7 and budget.spent() == 5.0
+
+
+def test_partial_results_skip_finished_stages_and_refuse_other_arguments(tmp_path):
+    from benchmarks.partial import PartialResults
+
+    path, model = tmp_path / "run.partial.json", tmp_path / "model"
+    stages = PartialResults(path, {"epochs": 2})
+    model.mkdir()
+    assert stages.stage("base", lambda: {"loss": (1.0, 0.5)}, outputs=[model]) == {"loss": [1.0, 0.5]}
+    again = PartialResults(path, {"epochs": 2})
+    assert again.stage("base", lambda: 1 / 0, outputs=[model]) == {"loss": [1.0, 0.5]}
+    model.rmdir()  # a stage whose outputs are gone runs again
+    assert again.stage("base", lambda: "rerun", outputs=[model]) == "rerun"
+    with pytest.raises(ValueError, match=r"other arguments \(epochs: 2 there, 3 here\).*delete the file"):
+        PartialResults(path, {"epochs": 3})
+    path.write_text('{"config": {"epochs": 2}, "sta')
+    with pytest.raises(ValueError, match="damaged.*Delete the file"):
+        PartialResults(path, {"epochs": 2})
+    again.delete()
+    assert not path.exists()
+
+
+def test_init_effect_resumes_per_finished_curve(tmp_path, monkeypatch, capsys):
+    from benchmarks import init_effect
+
+    trained = []
+
+    def curve(init, network, epochs, held_out):
+        trained.append(init)
+        if init == "pytorch" and trained.count("pytorch") == 1:
+            raise KeyboardInterrupt  # killed during the second stage
+        return [0.1 if init == "keras" else 0.2] * epochs
+
+    monkeypatch.setattr(init_effect, "held_out_curve", curve)
+    argv = ["--epochs", "2", "--partial", str(tmp_path / "p.json")]
+    with pytest.raises(KeyboardInterrupt):
+        init_effect.main(argv)
+    assert init_effect.main(argv) == 0
+    assert trained == ["keras", "pytorch", "pytorch"]  # the keras curve was read back
+    assert "| keras | 0.100 | 0.100 |" in capsys.readouterr().out
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_sd3_captions_resumes_per_finished_stage(tmp_path, monkeypatch):
+    from benchmarks import sd3_captions
+
+    ran = []
+
+    def base_model(preset, folder, seed=0):
+        ran.append("base")
+        os.makedirs(folder)
+        return {"loss_curve": [2.0, 1.0], "green_vs_cyan": {}}
+
+    def run_one(method, preset, args):
+        ran.append(method)
+        assert os.path.isdir(preset)
+        if method == "dreambooth" and ran.count(method) == 1:
+            raise KeyboardInterrupt
+        return {"method": method}
+
+    monkeypatch.setattr("keras_diffusion.sd3.tiny_preset_dir", lambda: "tiny")  # not built: the stages are fakes
+    monkeypatch.setattr(sd3_captions, "base_model", base_model)
+    monkeypatch.setattr(sd3_captions, "run_one", run_one)
+    monkeypatch.setattr(sd3_captions, "markdown", lambda results, backend, base: "table\n")
+    argv = ["--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        sd3_captions.main(argv)
+    assert sd3_captions.main(argv) == 0
+    assert ran == ["base", "full", "lora", "dreambooth", "dreambooth", "textual-inversion"]
+    results = json.loads((tmp_path / f"{BACKEND}.json").read_text())
+    assert [r["method"] for r in results["methods"]] == list(sd3_captions.METHODS)
+    assert sorted(os.listdir(tmp_path)) == sorted([f"{BACKEND}.json", f"{BACKEND}.md"])

@@ -81,25 +81,42 @@ def test_sample_grid_rejects_bad_arguments_and_models(tmp_path):
         )
 
 
-def test_ctrl_c_stops_training_at_the_end_of_the_batch():
-    """SIGINT during batch 1 only sets a flag; the interrupt comes when that batch ends."""
+def _fit_with_ctrl_c(at_batch):
+    """Sends SIGINT during batch `at_batch` of epoch 1 (of 4 batches).
+
+    Returns the batches ended (with "saved" where `before_interrupt` ran) and the epochs ended.
+    """
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    finished = []
+    finished, epochs = [], []
     send_ctrl_c = keras.callbacks.LambdaCallback(
-        on_train_batch_begin=lambda batch, logs: batch == 1 and os.kill(os.getpid(), signal.SIGINT),
+        on_train_batch_begin=lambda batch, logs: batch == at_batch and os.kill(os.getpid(), signal.SIGINT),
         on_train_batch_end=lambda batch, logs: finished.append(batch),
+        on_epoch_end=lambda epoch, logs: epochs.append(epoch),
     )
     # Python's own Ctrl+C handler, as a user's terminal has it (a suite started
     # in the background by a shell inherits SIGINT ignored).
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupt = InterruptAtBatchEnd()
+    interrupt = InterruptAtBatchEnd(before_interrupt=lambda: finished.append("saved"))
     try:
         with pytest.raises(KeyboardInterrupt):
             # The guard comes last, so the other callbacks see batch 1 end first.
             model.fit(np.zeros((8, 2)), np.zeros((8, 1)), batch_size=2, epochs=3, verbose=0,
                       callbacks=[send_ctrl_c, interrupt])
-        assert interrupt.requested and finished == [0, 1]
+        assert interrupt.requested
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, outer)
+    return finished, epochs
+
+
+def test_ctrl_c_stops_training_at_the_end_of_the_batch():
+    """SIGINT during batch 1 only sets a flag; the interrupt comes when that batch ends, after `before_interrupt`."""
+    finished, epochs = _fit_with_ctrl_c(1)
+    assert finished == [0, 1, "saved"] and epochs == []
+
+
+def test_ctrl_c_in_the_last_batch_of_an_epoch_stops_at_its_end():
+    """The epoch-end work of the callbacks before the guard (a checkpoint) is done first."""
+    finished, epochs = _fit_with_ctrl_c(3)
+    assert finished == [0, 1, 2, 3] and epochs == [0]

@@ -10,6 +10,7 @@ model share it, and everything else calls `cli.main` in this process.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,12 +68,17 @@ def trained(tmp_path_factory):
     assert first.returncode == 130, rest
     assert "run the same command again to resume" in rest.lower()
     assert not (out / "model.keras").exists()
+    # Ctrl+C came after epoch 1's checkpoint (step 2 of the run): the step it ended is
+    # checkpointed too, so the rerun resumes there and repeats no step.
+    position = re.search(r"checkpoint is at (epoch \d+, step \d+ \(step (\d+) of the run\))", rest)
+    assert position and int(position[2]) > 2, rest
 
     resumed = subprocess.run(
         [sys.executable, "-m", "keras_diffusion", *args, "--backend", BACKEND],
         capture_output=True, text=True, env=_env(OTHER_BACKEND), timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert f"at {position[1]}." in resumed.stdout
     return out, resumed.stdout
 
 

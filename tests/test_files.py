@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_diffusion.files import replace_atomically
+from keras_diffusion.files import replace_folder_atomically
 from keras_diffusion.files import write_bytes_atomically
 from keras_diffusion.files import write_json
 
@@ -29,6 +30,26 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         replace_atomically(path, fail)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["model.keras"]
+
+
+def test_a_folder_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_path):
+    def write(text):
+        def writer(path):
+            os.makedirs(path)
+            with open(os.path.join(path, "config.json"), "w") as file:
+                file.write(text)
+            if text == "broken":
+                raise RuntimeError("disk full")
+
+        return writer
+
+    folder = replace_folder_atomically(tmp_path / "preset", write("one"))
+    replace_folder_atomically(folder, write("two"))
+    assert (tmp_path / "preset" / "config.json").read_text() == "two"
+    with pytest.raises(RuntimeError, match="disk full"):
+        replace_folder_atomically(folder, write("broken"))
+    assert (tmp_path / "preset" / "config.json").read_text() == "two"
+    assert os.listdir(tmp_path) == ["preset"]  # no staging folder left
 
 
 def test_temp_path_keeps_the_extension(tmp_path):

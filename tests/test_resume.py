@@ -2,16 +2,10 @@
 
 Each run trains a tiny MLP on 32 vectors (4 batches of 8 per epoch) for 3 epochs, checkpointing
 every 2 steps. The interrupted run stops after its 7th step (inside epoch 2; the checkpoint of
-step 6 is the latest), the resumed run continues it, and every weight, optimizer and generator
-state and every logged loss must equal the uninterrupted run's. They are compared exactly: on CPU
-the three backends are deterministic for a given program, and the resumed run executes the same
-steps on the same inputs.
-
-To keep the test fast, one model object (one compiled train step) runs all three: it is put
-back to its initial state before the reference and the interrupted run, and the resumed run
-starts from whatever the interrupted run left, which the restore must overwrite entirely (a
-state it missed would still hold step 7's value, not step 6's). A resume in a fresh process is
-what `tools/kill_resume.py` checks, through the command line.
+step 6 is the latest), or on Ctrl+C (which checkpoints the step it ends), the resumed run
+continues it, and every weight, optimizer and generator state and every logged loss must equal
+the uninterrupted run's, exactly (`tests/resume_check.py` says why, and how one model object runs
+both to keep the test fast).
 """
 
 import json
@@ -29,6 +23,7 @@ from keras_diffusion.models import DDPM
 from keras_diffusion.models import EDM
 from keras_diffusion.models import FlowMatching
 from keras_diffusion.processes import DiscreteVPSchedule
+from tests.resume_check import assert_same_run
 
 X = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
 LABELS = np.arange(32) % 3
@@ -49,7 +44,11 @@ def _network(width=16, num_classes=None):
 
 def _model(kind, use_ema=True, width=16):
     keras.utils.set_random_seed(1)
-    if kind == "ddpm":  # class-conditional, so label dropout is drawn too
+    if kind == "lora":  # a flow model whose hidden layer trains a LoRA adapter on a frozen kernel
+        network = _network(width)
+        next(layer for layer in network.layers if isinstance(layer, keras.layers.Dense)).enable_lora(2)
+        model = FlowMatching(network, seed=5)
+    elif kind == "ddpm":  # class-conditional, so label dropout is drawn too
         model = DDPM(_network(width, 3), DiscreteVPSchedule(num_train_timesteps=50), num_classes=3,
                      label_dropout=0.3, seed=5)
     elif kind == "ddim":
@@ -68,60 +67,32 @@ def _data(kind, batch_size=8):
     return resume.ResumableBatches(data, batch_size, seed=3)
 
 
-class _StopAfter(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt after `steps` training steps, as Ctrl+C would."""
-
-    def __init__(self, steps):
-        super().__init__()
-        self.steps, self.seen = steps, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.steps:
-            raise KeyboardInterrupt
-
-
-def _train(model, data, folder, stop_after=None, **config):
-    backup = resume.ExactBackupAndRestore(folder, data, save_freq=2, run_config=config or None)
-    callbacks = [] if stop_after is None else [_StopAfter(stop_after)]
-    try:
-        resume.fit(model, backup, epochs=3, callbacks=callbacks, verbose=0)
-    except KeyboardInterrupt:
-        pass
-    return backup
-
-
-def _variables(model):
-    return model.weights + model.optimizer.variables + resume._seed_generator_states(model)
-
-
 def _assert_same_run(kind, tmp_path, use_ema=True, stops=(7,)):
-    model, data = _model(kind, use_ema), _data(kind)
-    model.optimizer.build(model.trainable_variables)
-    initial = [keras.ops.convert_to_numpy(v) for v in _variables(model)]
-
-    def restart():
-        for variable, value in zip(_variables(model), initial):
-            variable.assign(value)
-
-    reference_backup = _train(model, data, tmp_path / "a")
-    reference = [keras.ops.convert_to_numpy(v) for v in _variables(model)]
-    restart()
-    for stop in stops:
-        _train(model, data, tmp_path / "b", stop_after=stop)
-    backup = _train(model, data, tmp_path / "b")
-    for a, b in zip(reference, _variables(model), strict=True):
-        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
-    assert [entry["loss"] for entry in backup.log] == [entry["loss"] for entry in reference_backup.log]
-    assert [entry["epoch"] for entry in backup.log] == [1, 2, 3]
+    backup, _ = assert_same_run(_model(kind, use_ema), _data(kind), tmp_path, stops)
     return backup
 
 
 def test_resume_inside_an_epoch_equals_the_uninterrupted_run(tmp_path):
-    backup = _assert_same_run("ddpm", tmp_path)
-    # Interrupted after step 7 = epoch 2, step 3; the checkpoint of step 6 (epoch 2, step 2) was the latest.
-    assert backup.resumes == [{"epoch": 2, "step": 2}]
+    # Killed after step 7 = epoch 2, step 3; the checkpoint of step 6 (epoch 2, step 2) was the latest.
+    # The rerun is killed too, after 1 step, before it writes a checkpoint: its resume mark stays.
+    backup = _assert_same_run("ddpm", tmp_path, stops=(7, 1))
+    assert backup.resumes == [{"epoch": 2, "step": 2}] * 2
     assert not os.path.exists(tmp_path / "b")  # deleted when training ended
+
+
+def test_ctrl_c_checkpoints_its_step_so_a_rerun_repeats_none(tmp_path):
+    # Ctrl+C in step 7 (epoch 2, step 3; no checkpoint is due): that step is saved, and the rerun
+    # starts with a one-batch remainder (on TensorFlow, Keras reads a batch twice before training:
+    # that must not move the data on). Its Ctrl+C lands in step 8, the last of epoch 2: it stops at
+    # the epoch end, after that checkpoint.
+    backup = _assert_same_run("flow", tmp_path, stops=(("ctrl_c", 7), ("ctrl_c", 1)))
+    assert backup.resumes == [{"epoch": 2, "step": 3}, {"epoch": 3, "step": 0}]
+
+
+def test_a_lora_adapter_resumes_exactly(tmp_path):
+    # Keras' save_weights writes a LoRA layer's kernel with the adapter merged in and loads it with
+    # the adapter zeroed: a resume from it trained on from other weights. Checkpoints hold values.
+    _assert_same_run("lora", tmp_path)
 
 
 @pytest.mark.slow
@@ -195,6 +166,14 @@ def test_a_truncated_state_file_is_a_clear_error(checkpoint, tmp_path):
         _resume_flow(folder, lr="1e-2")
 
 
+def test_a_checkpoint_of_another_format_is_named(checkpoint, tmp_path):
+    folder = _copy(checkpoint, tmp_path)
+    state = folder / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "format": 1}))
+    with pytest.raises(ValueError, match=r"has format 1, written by another version.*start fresh"):
+        _resume_flow(folder, lr="1e-2")
+
+
 def test_a_plain_fit_refuses_a_checkpoint_inside_an_epoch(checkpoint, tmp_path):
     folder = _copy(checkpoint, tmp_path)
     data = _data("flow")
@@ -212,12 +191,11 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(checkpoint, tmp_pa
     model.optimizer.build(model.trainable_variables)
     backup.global_step = 4
 
-    def half_written(path, *args, **kwargs):  # the process dies inside save_weights
-        with open(path, "wb") as file:
-            file.write(b"\x89HDF partial")
+    def half_written(file, *args, **kwargs):  # the process dies inside np.savez
+        file.write(b"PK partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model, "save_weights", half_written)
+    monkeypatch.setattr(np, "savez", half_written)
     with pytest.raises(KeyboardInterrupt):
         backup._save(1, 0)
     assert sorted(os.listdir(folder)) == before
@@ -227,7 +205,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(checkpoint, tmp_pa
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(resume, "write_bytes_atomically", killed)
+    monkeypatch.setattr(backup, "_write_state", killed)
     with pytest.raises(KeyboardInterrupt):
         backup._save(1, 0)
     assert len(os.listdir(folder)) == len(before) + 1

@@ -84,3 +84,55 @@ def test_other_methods_write_their_result(tmp_path, method):
     assert finetune("--data", folder, "--method", method, "--out", out, "--epochs", 1, *extra) == 0
     result = {"dreambooth": "sd3.lora.npz", "textual-inversion": "embedding.npz", "full": "preset"}[method]
     assert (out / result).exists() and (out / "samples_after.png").exists()
+
+
+@pytest.mark.slow  # four finetune runs, each loading, sampling and training (~1-3 min per backend)
+def test_an_interrupted_finetune_resumes_exactly(tmp_path, monkeypatch):
+    """`finetune` killed, rerun, stopped by Ctrl+C, rerun: its adapter and losses equal an uninterrupted run's.
+
+    8 images in batches of 2 for 2 epochs (8 steps), a checkpoint every 2 steps, caption
+    dropout and random flips on. The first run is killed after step 3 (the rerun resumes at
+    step 2); the rerun gets Ctrl+C in its 3rd step, step 5 (epoch 2, step 1), which checkpoints
+    that step; the last rerun finishes. The fast check of the same path is
+    tests/test_sd3_finetune.py::test_loss_falls_and_an_interrupted_run_resumes_exactly.
+    """
+    from keras_diffusion.callbacks import InterruptAtBatchEnd
+
+    folder = captioned_folder(tmp_path / "data", count=8)
+    options = ["--data", folder, "--method", "lora", "--epochs", 2, "--batch-size", 2, "--cache-latents",
+               "--learning-rate", 5e-3, "--rank", 2, "--caption-dropout", 0.25, "--checkpoint-every", 2]
+    assert finetune(*options, "--out", tmp_path / "reference") == 0
+    out = tmp_path / "out"
+    original = InterruptAtBatchEnd.on_train_batch_end
+
+    def stop_in_step(step, ctrl_c):
+        seen = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+            if len(seen) == step:
+                if not ctrl_c:
+                    raise KeyboardInterrupt  # a kill: nothing more is written
+                self.requested = True  # what the SIGINT handler does
+            original(self, batch, logs)
+
+        monkeypatch.setattr(InterruptAtBatchEnd, "on_train_batch_end", on_train_batch_end)
+
+    stop_in_step(3, ctrl_c=False)
+    assert finetune(*options, "--out", out) == 130
+    stop_in_step(3, ctrl_c=True)
+    assert finetune(*options, "--out", out) == 130
+    monkeypatch.undo()
+    assert finetune(*options, "--out", out) == 0
+
+    reference, log = (json.loads((tmp_path / name / "train_log.json").read_text()) for name in ("reference", "out"))
+    assert log["resumed"] == [{"epoch": 1, "step": 2}, {"epoch": 2, "step": 1}]
+    assert [e["loss"] for e in log["epochs"]] == [e["loss"] for e in reference["epochs"]]
+    assert log["optimizer_steps"] == reference["optimizer_steps"] == 8
+    with np.load(tmp_path / "reference" / "sd3.lora.npz") as a, np.load(out / "sd3.lora.npz") as b:
+        assert sorted(a) == sorted(b)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    for name in ("samples_before.png", "samples_after.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "reference" / name)),
+                                      np.asarray(Image.open(out / name)))

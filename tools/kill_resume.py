@@ -245,7 +245,9 @@ def main(argv=None):
         f"(at most {args.checkpoint_every} a kill).\n"
         f"Final model vs uninterrupted: {'equal' if max_difference == 0 else 'DIFFERENT'} "
         f"(max |difference| {max_difference:.3g}); epoch losses {'equal' if same_losses else 'DIFFERENT'}; "
-        f"log epochs {report['final_epochs_logged']}."
+        f"log epochs {report['final_epochs_logged']}; resume marks kept: {len(final_log['resumed'])} "
+        f"(reruns that resumed from a checkpoint: {sum(r['checkpoint'] is not None for r in reruns)}; a "
+        "rerun killed between reading the checkpoint and writing its mark leaves none)."
     )
     if args.json:
         with open(args.json, "w") as file:

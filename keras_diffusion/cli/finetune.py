@@ -18,9 +18,7 @@ It writes into `--out`:
 """
 
 import os
-import shutil
 import time
-import uuid
 
 from keras_diffusion.cli.args import add_command
 from keras_diffusion.cli.args import add_sd3_model_args
@@ -160,6 +158,7 @@ def run(args):
 def _finetune(args, model, dataset):
     import keras
 
+    from keras_diffusion.files import replace_folder_atomically
     from keras_diffusion.files import write_json
     from keras_diffusion.sd3 import data as data_lib
     from keras_diffusion.sd3 import dreambooth, lora, textual_inversion
@@ -249,7 +248,7 @@ def _finetune(args, model, dataset):
     elif use_lora:
         result = lora.save_lora(model, os.path.join(args.out, "sd3.lora.npz"))
     else:
-        result = _save_preset(model, os.path.join(args.out, "preset"))
+        result = replace_folder_atomically(os.path.join(args.out, "preset"), model.save_to_preset)
     written.insert(0, result)
     log = {
         "method": args.method,
@@ -268,16 +267,3 @@ def _finetune(args, model, dataset):
     backup.delete()  # only now: a kill before this point still resumes
     return written
 
-
-def _save_preset(model, folder):
-    """Writes a preset folder beside `folder`, then renames it into place."""
-    parent = os.path.dirname(os.path.abspath(folder))
-    staging = os.path.join(parent, f".preset.{uuid.uuid4().hex[:12]}")
-    try:
-        model.save_to_preset(staging)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder

@@ -337,8 +337,10 @@ def fit_with_backup(model, data, *, args, epochs, callbacks=(), verbose=1):
     `--checkpoint-every N`, every N steps (`keras_diffusion.resume`). A rerun
     of the same command after Ctrl+C (which stops at the end of a batch), a
     crash or a kill continues from the last checkpoint exactly: the same
-    data order, noise, optimizer and EMA state as the uninterrupted run. A
-    rerun with other training arguments is refused with the first difference.
+    data order, noise, optimizer and EMA state as the uninterrupted run.
+    Ctrl+C stops at the end of a batch and checkpoints that step first, so
+    its rerun repeats no step. A rerun with other training arguments is
+    refused with the first difference.
 
     Args:
         model: a compiled, built `keras.Model`.
@@ -372,21 +374,33 @@ def fit_with_backup(model, data, *, args, epochs, callbacks=(), verbose=1):
     )
     position = backup.saved_position()
     if position is not None:
-        print(
-            f"Resuming from {backup.backup_dir} at epoch {position[0] + 1}, step {position[1]} "
-            f"(step {position[0] * data.steps_per_epoch + position[1]} of the run)."
-        )
-    interrupt = InterruptAtBatchEnd()
+        print(f"Resuming from {backup.backup_dir} at {_position_text(backup, position)}.")
+    # Ctrl+C stops at a batch end and checkpoints that step (an epoch's last
+    # step: its end), so the rerun repeats none; a kill loses the steps since
+    # the last checkpoint.
+    interrupt = InterruptAtBatchEnd(before_interrupt=backup.save_now)
     try:
-        resume.fit(model, backup, epochs=epochs, callbacks=[interrupt, *callbacks], verbose=verbose)
+        resume.fit(model, backup, epochs=epochs, callbacks=[*callbacks, interrupt], verbose=verbose)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            "Interrupted. Run the same command again to resume from the last checkpoint "
-            f"(saved in {backup.backup_dir!r})."
-        ) from None
+        raise KeyboardInterrupt(_interrupted_message(backup)) from None
     finally:
         interrupt.on_train_end()  # restores Ctrl+C if fit() ended early
     return backup
+
+
+def _position_text(backup, position):
+    epoch, step = position
+    return f"epoch {epoch + 1}, step {step} (step {epoch * backup.data.steps_per_epoch + step} of the run)"
+
+
+def _interrupted_message(backup):
+    position = backup.saved_position()
+    if position is None:
+        return "Interrupted before the first checkpoint. Run the same command again to start over."
+    return (
+        f"Interrupted. The last checkpoint is at {_position_text(backup, position)}, in "
+        f"{backup.backup_dir!r}. Run the same command again to resume from it."
+    )
 
 
 def add_checkpoint_flag(parser):
