@@ -1,4 +1,5 @@
-"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer, saving a run, MNIST training.
+"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer, saving a run, MNIST training,
+and the 2-D toys' data (a ring of Gaussians) and network.
 
 Both keras.io examples read the dataset through `tensorflow_datasets`, centre-crop
 each image to a square and resize it (with antialiasing) to 64x64. This module
@@ -221,3 +222,20 @@ def train_mnist(model, args, name):
     print(f"Epoch training times (s, without the grid): {seconds}; {cpu_seconds:.0f} s of CPU time in all.")
     print(f"Wrote {len(grids.paths)} grid(s) under {args.out}/epochs, last {grids.paths[-1]}, and {args.out}/model.keras")
     return grids.paths[-1]
+
+
+def gaussian_ring(n, num_modes=6, radius=2.0, std=0.15, seed=0):
+    """`n` points from `num_modes` equal Gaussians on a circle: float32 `(n, 2)`."""
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * rng.integers(0, num_modes, n) / num_modes
+    centers = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return (centers + std * rng.normal(size=(n, 2))).astype("float32")
+
+
+def mlp_2d(width=128):
+    """`[x, t] -> 2 outputs`: an MLP on a 2-D point and the network time (a flow's velocity, a score model's noise)."""
+    x, t = keras.Input((2,)), keras.Input(())
+    h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
+    for _ in range(3):
+        h = keras.layers.Dense(width, activation="silu")(h)
+    return keras.Model([x, t], keras.layers.Dense(2)(h))

@@ -38,23 +38,8 @@ import keras_diffusion as kd  # noqa: E402
 from keras_diffusion.files import replace_atomically  # noqa: E402
 from keras_diffusion.models.flow import flow_paths  # noqa: E402
 from keras_diffusion.models.flow import straightness  # noqa: E402
-
-
-def gaussian_ring(n, num_modes=6, radius=2.0, std=0.15, seed=0):
-    """`n` points from `num_modes` equal Gaussians on a circle: float32 `(n, 2)`."""
-    rng = np.random.default_rng(seed)
-    angles = 2 * np.pi * rng.integers(0, num_modes, n) / num_modes
-    centers = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return (centers + std * rng.normal(size=(n, 2))).astype("float32")
-
-
-def velocity_mlp(width=128):
-    """`[x, t] -> v`: an MLP on the point and the time in [0, 1]."""
-    x, t = keras.Input((2,)), keras.Input(())
-    h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
-    for _ in range(3):
-        h = keras.layers.Dense(width, activation="silu")(h)
-    return keras.Model([x, t], keras.layers.Dense(2)(h))
+from example_utils import gaussian_ring  # noqa: E402
+from example_utils import mlp_2d  # noqa: E402
 
 
 def velocity_field(model, t, lim=3.0, n=17):
@@ -103,7 +88,7 @@ def main():
     data = gaussian_ring(args.num_points, seed=args.seed)
     noise = np.random.default_rng(args.seed + 1).normal(size=(200, 2)).astype("float32")
 
-    first = kd.FlowMatching(velocity_mlp(), time_sampling="uniform", seed=args.seed)
+    first = kd.FlowMatching(mlp_2d(), time_sampling="uniform", seed=args.seed)
     first.compile(keras.optimizers.Adam(1e-3))
     first.fit(data, epochs=args.epochs, batch_size=256, shuffle=True, verbose=0)
 
