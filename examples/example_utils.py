@@ -21,6 +21,7 @@ from keras_diffusion.callbacks import SampleGrid
 from keras_diffusion.datasets import DatasetUnavailableError
 from keras_diffusion.datasets import load_image_folder
 from keras_diffusion.datasets import load_mnist
+from keras_diffusion.files import replace_atomically
 from keras_diffusion.files import save_model
 from keras_diffusion.files import write_json
 from keras_diffusion.images import to_model_range
@@ -239,3 +240,21 @@ def mlp_2d(width=128):
     for _ in range(3):
         h = keras.layers.Dense(width, activation="silu")(h)
     return keras.Model([x, t], keras.layers.Dense(2)(h))
+
+
+def square_panels(axes, lim=3.2):
+    """The 2-D toys' panels: `[-lim, lim]^2`, equal aspect, no ticks."""
+    for ax in axes:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def save_figure(fig, out, start):
+    """Writes a matplotlib figure to `out` as PNG (atomically, making its folder); prints the CPU seconds since `start`."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    replace_atomically(out, lambda path: fig.savefig(path, dpi=80, format="png"))
+    print(f"Wrote {out} in {time.process_time() - start:.0f} s of CPU time.")

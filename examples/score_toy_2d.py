@@ -26,7 +26,6 @@ docs/score_toy_2d.png).
 """
 
 import argparse
-import os
 import time
 
 import matplotlib
@@ -38,10 +37,11 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.files import replace_atomically  # noqa: E402
 from keras_diffusion.samplers import sample  # noqa: E402
 from example_utils import gaussian_ring  # noqa: E402
 from example_utils import mlp_2d  # noqa: E402
+from example_utils import save_figure  # noqa: E402
+from example_utils import square_panels  # noqa: E402
 
 RADIUS, STD, MODES = 2.0, 0.15, 6
 
@@ -114,17 +114,9 @@ def main():
                label="sample")
     ax.set_title(f"{args.num_paths} PC paths from sigma = {args.sigma_max:g} ({args.steps} levels)")
     ax.legend(loc="lower left", fontsize=7)
-    for ax in axes:
-        ax.set_xlim(-3.2, 3.2)
-        ax.set_ylim(-3.2, 3.2)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    square_panels(axes)
     fig.suptitle(f"VE score model on a 6-Gaussian ring ({keras.backend.backend()})")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    replace_atomically(args.out, lambda path: fig.savefig(path, dpi=80, format="png"))
-    print(f"Wrote {args.out} in {time.process_time() - start:.0f} s of CPU time.")
+    save_figure(fig, args.out, start)
 
 
 if __name__ == "__main__":
