@@ -234,7 +234,7 @@ def gaussian_ring(n, num_modes=6, radius=2.0, std=0.15, seed=0):
 
 
 def mlp_2d(width=128):
-    """`[x, t] -> 2 outputs`: an MLP on a 2-D point and the network time (a flow's velocity, a score model's noise)."""
+    """`[x, t] -> 2 outputs`: an MLP on a 2-D point and the network time (a velocity, or a score model's noise)."""
     x, t = keras.Input((2,)), keras.Input(())
     h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
     for _ in range(3):
@@ -253,7 +253,7 @@ def square_panels(axes, lim=3.2):
 
 
 def save_figure(fig, out, start):
-    """Writes a matplotlib figure to `out` as PNG (atomically, making its folder); prints the CPU seconds since `start`."""
+    """Writes a matplotlib figure to `out` as PNG (atomically, making its folder); prints the CPU time since `start`."""
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     replace_atomically(out, lambda path: fig.savefig(path, dpi=80, format="png"))
