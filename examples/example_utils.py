@@ -1,4 +1,5 @@
-"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer, saving a run, MNIST training.
+"""What the examples share: Oxford Flowers 102, repeated batches, an epoch timer, saving a run, MNIST training,
+and the 2-D toys' data (a ring of Gaussians) and network.
 
 Both keras.io examples read the dataset through `tensorflow_datasets`, centre-crop
 each image to a square and resize it (with antialiasing) to 64x64. This module
@@ -20,6 +21,7 @@ from keras_diffusion.callbacks import SampleGrid
 from keras_diffusion.datasets import DatasetUnavailableError
 from keras_diffusion.datasets import load_image_folder
 from keras_diffusion.datasets import load_mnist
+from keras_diffusion.files import replace_atomically
 from keras_diffusion.files import save_model
 from keras_diffusion.files import write_json
 from keras_diffusion.images import to_model_range
@@ -221,3 +223,38 @@ def train_mnist(model, args, name):
     print(f"Epoch training times (s, without the grid): {seconds}; {cpu_seconds:.0f} s of CPU time in all.")
     print(f"Wrote {len(grids.paths)} grid(s) under {args.out}/epochs, last {grids.paths[-1]}, and {args.out}/model.keras")
     return grids.paths[-1]
+
+
+def gaussian_ring(n, num_modes=6, radius=2.0, std=0.15, seed=0):
+    """`n` points from `num_modes` equal Gaussians on a circle: float32 `(n, 2)`."""
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * rng.integers(0, num_modes, n) / num_modes
+    centers = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return (centers + std * rng.normal(size=(n, 2))).astype("float32")
+
+
+def mlp_2d(width=128):
+    """`[x, t] -> 2 outputs`: an MLP on a 2-D point and the network time (a velocity, or a score model's noise)."""
+    x, t = keras.Input((2,)), keras.Input(())
+    h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
+    for _ in range(3):
+        h = keras.layers.Dense(width, activation="silu")(h)
+    return keras.Model([x, t], keras.layers.Dense(2)(h))
+
+
+def square_panels(axes, lim=3.2):
+    """The 2-D toys' panels: `[-lim, lim]^2`, equal aspect, no ticks."""
+    for ax in axes:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def save_figure(fig, out, start):
+    """Writes a matplotlib figure to `out` as PNG (atomically, making its folder); prints the CPU time since `start`."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    replace_atomically(out, lambda path: fig.savefig(path, dpi=80, format="png"))
+    print(f"Wrote {out} in {time.process_time() - start:.0f} s of CPU time.")

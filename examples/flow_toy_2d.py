@@ -23,7 +23,6 @@ the PNG goes (default docs/flow_toy_2d.png).
 """
 
 import argparse
-import os
 import time
 
 import matplotlib
@@ -35,33 +34,19 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 import keras_diffusion as kd  # noqa: E402
-from keras_diffusion.files import replace_atomically  # noqa: E402
 from keras_diffusion.models.flow import flow_paths  # noqa: E402
 from keras_diffusion.models.flow import straightness  # noqa: E402
-
-
-def gaussian_ring(n, num_modes=6, radius=2.0, std=0.15, seed=0):
-    """`n` points from `num_modes` equal Gaussians on a circle: float32 `(n, 2)`."""
-    rng = np.random.default_rng(seed)
-    angles = 2 * np.pi * rng.integers(0, num_modes, n) / num_modes
-    centers = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return (centers + std * rng.normal(size=(n, 2))).astype("float32")
-
-
-def velocity_mlp(width=128):
-    """`[x, t] -> v`: an MLP on the point and the time in [0, 1]."""
-    x, t = keras.Input((2,)), keras.Input(())
-    h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
-    for _ in range(3):
-        h = keras.layers.Dense(width, activation="silu")(h)
-    return keras.Model([x, t], keras.layers.Dense(2)(h))
+from example_utils import gaussian_ring  # noqa: E402
+from example_utils import mlp_2d  # noqa: E402
+from example_utils import save_figure  # noqa: E402
+from example_utils import square_panels  # noqa: E402
 
 
 def velocity_field(model, t, lim=3.0, n=17):
     """The learned velocity on an `n x n` grid at time `t`: the grid and `v`."""
     axis = np.linspace(-lim, lim, n, dtype="float32")
     grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
-    times = model.process.network_time(np.full((len(grid),), t, "float32"))
+    times = keras.ops.convert_to_numpy(model.process.network_time(np.full((len(grid),), t, "float32")))
     return grid, np.asarray(model.network.predict_on_batch([grid, times]))
 
 
@@ -81,12 +66,7 @@ def plot_row(axes, model, name, data, noise, score):
     axes[2].scatter(data[:, 0], data[:, 1], s=1, c="0.8")
     axes[2].scatter(one_step[:, 0], one_step[:, 1], s=1, c="tab:red")
     axes[2].set_title(f"{name}: samples from 1 Euler step")
-    for ax in axes:
-        ax.set_xlim(-3.2, 3.2)
-        ax.set_ylim(-3.2, 3.2)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    square_panels(axes)
 
 
 def main():
@@ -103,7 +83,7 @@ def main():
     data = gaussian_ring(args.num_points, seed=args.seed)
     noise = np.random.default_rng(args.seed + 1).normal(size=(200, 2)).astype("float32")
 
-    first = kd.FlowMatching(velocity_mlp(), time_sampling="uniform", seed=args.seed)
+    first = kd.FlowMatching(mlp_2d(), time_sampling="uniform", seed=args.seed)
     first.compile(keras.optimizers.Adam(1e-3))
     first.fit(data, epochs=args.epochs, batch_size=256, shuffle=True, verbose=0)
 
@@ -122,10 +102,7 @@ def main():
     for row, model, name, score in zip(axes, (first, second), ("1-rectified", "2-rectified (reflow)"), scores):
         plot_row(row, model, name, data, noise, score)
     fig.suptitle(f"Flow matching on a 6-Gaussian ring, then one reflow step ({keras.backend.backend()})")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    replace_atomically(args.out, lambda path: fig.savefig(path, dpi=80, format="png"))
-    print(f"Wrote {args.out} in {time.process_time() - start:.0f} s of CPU time.")
+    save_figure(fig, args.out, start)
 
 
 if __name__ == "__main__":

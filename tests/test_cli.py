@@ -306,14 +306,19 @@ def untrained_model(tmp_path_factory):
     return path
 
 
-def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
+def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys, monkeypatch):
     import numpy as np
 
     from keras_diffusion import metrics
+    from keras_diffusion.cli import evaluate
 
+    # The command's model object, so that the bits/dim check below reuses its compiled solver.
+    model = keras.saving.load_model(untrained_model)
+    monkeypatch.setattr(evaluate, "load_diffusion_model", lambda path: model)
     out = tmp_path / "metrics.json"
+    bpd_flags = ["--bpd", "--bpd-images", "3", "--rtol", "0.1", "--atol", "0.1"]
     args = ["evaluate", "--model", str(untrained_model), "--num-images", "24", "--batch-size", "24",
-            "--steps", "2", "--json", str(out)]
+            "--steps", "2", *bpd_flags, "--json", str(out)]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert "Feature extractor: mnist_classifier" in text
@@ -334,6 +339,15 @@ def test_evaluate_prints_and_writes_metrics(untrained_model, tmp_path, capsys):
     assert results["real_inception_score"] == pytest.approx(expected, rel=1e-4)
     assert 1.0 <= results["inception_score"] < results["real_inception_score"]
 
+    assert f"Bits/dim: {results['bpd']:.4f} +- {results['bpd_std_error']:.4f} (standard error) on 3" in text
+    assert "rtol 0.1, atol 0.1" in text and "batch of 3" in text
+    assert results["bpd_num_images"] == 3 and results["bpd_nfe"] > 6 and results["args"]["probes"] == 1
+    # The held-out digits as uint8 pixels, with the command's seed.
+    digits, _ = metrics.mnist_held_out(image_size=16, num_images=3)
+    bpd = model.log_likelihood(np.round(digits * 255).astype("uint8"), rtol=0.1, atol=0.1, seed=0)
+    assert results["bpd"] == pytest.approx(bpd.mean(), rel=1e-6)
+    assert results["bpd_std_error"] == pytest.approx(bpd.std(ddof=1) / np.sqrt(3), rel=1e-6)
+
 
 def test_evaluate_errors(untrained_model, tmp_path, capsys):
     assert cli.main(["evaluate", "--model", str(tmp_path / "missing.keras")]) == 2
@@ -345,6 +359,14 @@ def test_evaluate_errors(untrained_model, tmp_path, capsys):
     _tiny_conv_ddpm((8, 8, 3)).save(rgb)
     assert cli.main(["evaluate", "--model", str(rgb), "--num-images", "2"]) == 2
     assert "square and grayscale" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--model", str(untrained_model), "--bpd", "--bpd-images", "1"]) == 2
+    assert "--bpd-images must be at least 2" in capsys.readouterr().err
+    x, t, labels = keras.Input((8, 8, 1)), keras.Input(()), keras.Input((), dtype="int32")
+    label_bias = keras.layers.Reshape((1, 1, 1))(keras.layers.Embedding(3, 1)(labels))
+    conditional = tmp_path / "conditional.keras"
+    kd.DDPM(keras.Model([x, t, labels], keras.layers.Conv2D(1, 1)(x) + label_bias), num_classes=2).save(conditional)
+    assert cli.main(["evaluate", "--model", str(conditional), "--bpd"]) == 2
+    assert "is class-conditional. Leave out --bpd" in capsys.readouterr().err
 
 
 FAMILY_FLAGS = {

@@ -73,7 +73,7 @@ def test_heun_with_churn_keeps_the_data_distribution():
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_works_on_edm(sampler):
     model = exact_model()
-    n = 512 if sampler in DETERMINISTIC else 4096
+    n = 512 if sampler in DETERMINISTIC else 2048 if sampler == "langevin" else 4096
     noise = np.random.default_rng(2).normal(size=(n, 2)).astype("float32")
     num_steps = 10 if sampler == "langevin" else 200  # NCSN's 10 levels of 100 Langevin steps
     got = model.generate(n, sampler=sampler, num_steps=num_steps, initial_noise=noise, seed=0, verbose=False,
@@ -83,7 +83,8 @@ def test_every_sampler_works_on_edm(sampler):
         np.testing.assert_allclose(got, exact_flow_map(noise * 80.0, 80.0), atol=atol)
     elif sampler == "langevin":  # its step size is stable on EDM's levels; 10 levels leave the std high
         mean, std = langevin_moments(model.process.sigmas(10), 80.0)
-        assert abs(got.mean() - mean) < 0.02 and abs(got.std() / std - 1) < 0.03, (got.mean(), got.std(), std)
+        # Within 4 standard errors of 4,096 values (Langevin's 1,000 evaluations make n = 2048 the budget).
+        assert abs(got.mean() - mean) < 4 * std / 64 and abs(got.std() / std - 1) < 4 / 90, (got.mean(), got.std(), std)
     else:
         assert abs(got.mean() - MU) < 0.03 and abs(got.std() - S) < 0.03
 

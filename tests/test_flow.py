@@ -67,7 +67,7 @@ def test_the_velocity_oracle_is_the_derivative_of_the_flow_map():
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_works_on_a_flow(sampler):
     model = exact_model()
-    n = 512 if sampler in DETERMINISTIC else 4096
+    n = 512 if sampler in DETERMINISTIC else 2048 if sampler == "langevin" else 4096
     noise = np.random.default_rng(2).normal(size=(n, 2)).astype("float32")
     num_steps = 10 if sampler == "langevin" else 200  # NCSN's 10 levels of 100 Langevin steps
     kwargs = dict(sampler=sampler, num_steps=num_steps, initial_noise=noise, verbose=False, return_float=True, seed=0)
@@ -78,7 +78,8 @@ def test_every_sampler_works_on_a_flow(sampler):
         np.testing.assert_allclose(got, exact, atol=0.02 if sampler in ("ddim", "euler") else 0.005)
     elif sampler == "langevin":  # its step size is stable on the flow's levels (sigma_max = 9999)
         mean, std = langevin_moments(sigmas, model.process.prior_std(sigmas[0]))
-        assert abs(got.mean() - mean) < 0.02 and abs(got.std() / std - 1) < 0.03, (got.mean(), got.std(), std)
+        # Within 4 standard errors of 4,096 values (Langevin's 1,000 evaluations make n = 2048 the budget).
+        assert abs(got.mean() - mean) < 4 * std / 64 and abs(got.std() / std - 1) < 4 / 90, (got.mean(), got.std(), std)
     else:  # stochastic: the samples' distribution is the data's
         assert abs(got.mean() - MU) < 0.03
         assert abs(got.std() - S) < 0.03
