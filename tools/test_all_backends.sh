@@ -6,6 +6,6 @@ export TF_CPP_MIN_LOG_LEVEL=3
 status=0
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=${backend}"
-  KERAS_BACKEND="${backend}" python -m pytest -q -p no:cacheprovider "$@" tests || status=1
+  KERAS_BACKEND="${backend}" python -m pytest -q -p no:cacheprovider --durations=15 "$@" tests || status=1
 done
 exit "${status}"
