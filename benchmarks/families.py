@@ -55,6 +55,7 @@ import keras
 import numpy as np
 
 from benchmarks import compare
+from benchmarks.budget import CPUBudget
 
 # Each family's samplers: the ones it is meant to run with, and the best few-step ones.
 SAMPLERS = {
@@ -90,44 +91,6 @@ def steps_for(sampler, nfe):
 
     steps = max(n for n in range(1, nfe + 1) if num_model_evaluations(sampler, n) <= nfe)
     return steps, num_model_evaluations(sampler, steps)
-
-
-class CPUBudget(keras.callbacks.Callback):
-    """Stops `fit()` once `seconds` of CPU time are spent, counted over every process of a resumed run.
-
-    Each process's first batch (which traces and compiles the train step) is
-    not counted. As the `extra_state` of an `ExactBackupAndRestore`, the
-    seconds spent travel with every checkpoint.
-    """
-
-    def __init__(self, seconds, clock=time.process_time):
-        super().__init__()
-        self.seconds, self.clock = float(seconds), clock
-        self.spent_before, self.first_batch = 0.0, None
-        self._begin = self._start = None
-
-    def spent(self):
-        """CPU seconds counted so far."""
-        return self.spent_before + (self.clock() - self._start if self._start is not None else 0.0)
-
-    def get_state(self):
-        return {"cpu_seconds": self.spent()}
-
-    def set_state(self, state):
-        self.spent_before = float(state.get("cpu_seconds", 0.0))
-        if self._start is not None:
-            self._start = self.clock()
-
-    def on_train_begin(self, logs=None):
-        if self._begin is None:
-            self._begin = self.clock()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._start is None:
-            self.first_batch = self.clock() - self._begin
-            self._start = self.clock()
-        if self.spent() >= self.seconds:
-            self.model.stop_training = True
 
 
 def train(model, images, minutes, folder, seed=0, lr=1e-3, ema=0.995):

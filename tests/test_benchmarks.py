@@ -197,7 +197,7 @@ def test_families_compares_samplers_at_equal_model_evaluations():
 
 def test_families_carries_the_cpu_budget_across_a_resume(tmp_path):
     """The CPU seconds spent travel with the checkpoint; a budget that ends inside the epoch being finished ends the run."""
-    from benchmarks import families
+    from benchmarks.budget import CPUBudget
     from keras_diffusion import resume
     from keras_diffusion.models import FlowMatching
 
@@ -218,7 +218,7 @@ def test_families_carries_the_cpu_budget_across_a_resume(tmp_path):
         h = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t)])
         model = FlowMatching(keras.Model([x, t], keras.layers.Dense(2)(h)), seed=0)
         model.compile(keras.optimizers.Adam(1e-3))
-        budget = families.CPUBudget(5.0, clock=lambda: clock["t"])
+        budget = CPUBudget(5.0, clock=lambda: clock["t"])
         data = resume.ResumableBatches(np.zeros((64, 2), "float32"), 8, seed=0)  # 8 steps an epoch
         global backup
         backup = resume.ExactBackupAndRestore(str(tmp_path), data, save_freq=2, extra_state=budget,

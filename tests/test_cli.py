@@ -93,7 +93,7 @@ def test_train_writes_model_grid_and_log_and_resumes(trained):
     log = json.loads((out / "train_log.json").read_text())
     assert log["backend"] == BACKEND and f"the {BACKEND} backend" in stdout
     assert log["args"]["widths"] == [8]
-    assert (log["args"]["sampler"], log["args"]["steps"]) == ("ddim", 3)
+    assert (log["args"]["sampler"], log["args"]["steps"]) == ("ddpm", 3)  # a DDPM's own sampler
     # The whole run's epochs, those before the interruption too, and where it resumed.
     assert [entry["epoch"] for entry in log["epochs"]] == list(range(1, 5))
     assert log["resumed"][0]["epoch"] > 1 and "Trained 4 epoch(s)" in stdout
@@ -270,7 +270,10 @@ def test_flow_and_edm_flags_keep_the_library_defaults():
     assert (edm.sampler, edm.steps) == ("heun", 18)
     ddpm = parser.parse_args(["train", "ddpm", "--out", "x"])
     resolve_sampling(ddpm, kd.DDPM, kd.DiscreteVPSchedule())
-    assert (ddpm.sampler, ddpm.steps, ddpm.loss) == ("ddim", 50, "mse")
+    assert (ddpm.sampler, ddpm.steps, ddpm.loss) == ("ddpm", 50, "mse")
+    # One set of defaults: the command line samples as generate() does when left out.
+    assert (ddpm.sampler, ddpm.steps) == (kd.DDPM.default_sampler, kd.DiscreteVPSchedule().default_num_steps("ddpm"))
+    assert ddpm.eta is None and (ddpm.ema, round(ddpm.ema_warmup_power, 3)) == (0.999, 0.667)
     assert parser.parse_args(["train", "ddim", "--out", "x"]).loss == "mae"  # keras.io
 
 

@@ -33,12 +33,6 @@ from keras_diffusion.samplers import SIGMA_SCHEDULES
 from keras_diffusion.samplers import get_sigmas
 from keras_diffusion.sd3.pipeline import DEFAULT_CACHE_DIR
 
-# The CLI samples DDPM and DDIM models (VP processes) with 50 DDIM steps unless told
-# otherwise: a DDPM's own default, ancestral steps over all 1,000 training timesteps,
-# is slow for a command line. Other families sample with their model's defaults.
-VP_SAMPLER = "ddim"
-VP_STEPS = 50
-
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the examples in descriptions as written.
@@ -151,7 +145,10 @@ def add_sampling_args(parser):
     """Adds the `sampling` flag group of `generate()`; returns the group for more flags."""
     own = "; ".join(
         f"{model.default_sampler} with {process().default_num_steps(model.default_sampler)} steps for {name}"
-        for name, model, process in (("flow", FlowMatching, RectifiedFlow), ("edm", EDM, EDMProcess))
+        for name, model, process in (
+            ("ddpm", DDPM, DiscreteVPSchedule), ("ddim", DDIM, ContinuousCosineSchedule),
+            ("flow", FlowMatching, RectifiedFlow), ("edm", EDM, EDMProcess),
+        )
     )
     with_eta = [name for name, sampler in SAMPLERS.items() if "eta" in sampler.options]
     spacings = ", ".join(
@@ -164,24 +161,21 @@ def add_sampling_args(parser):
         choices=tuple(SAMPLERS),
         default=None,
         help="sampler (keras_diffusion.samplers); heun evaluates the model 2 * steps - 1 times, "
-        f"the others once per step (default: {VP_SAMPLER} for ddpm and ddim models; the model's "
-        f"own otherwise: {own})",
+        f"the others once per step (default: the model's own, as generate() chooses: {own})",
     )
     group.add_argument(
         "--steps",
         type=positive_int,
         default=None,
-        help=f"denoising steps, at most a DDPM's training timesteps (default: {VP_STEPS} for ddpm "
-        "and ddim models; the model's own otherwise, see --sampler)",
+        help="denoising steps, at most a DDPM's training timesteps (default: the model's own, see --sampler)",
     )
     group.add_argument(
         "--eta",
         type=float,
         default=None,
         help=f"stochasticity of {', '.join(with_eta)} (the other samplers "
-        "have none): 0 is deterministic DDIM, 1 adds fresh noise at each step like DDPM, "
-        "which forgives a briefly trained model's errors far better (default: 1 for a DDPM; "
-        "otherwise the sampler's own: a DDIM model samples deterministically, as keras.io does)",
+        "have none): 0 is deterministic DDIM, 1 adds fresh noise at each step like DDPM "
+        "(default: the sampler's own, 0 for ddim)",
     )
     group.add_argument(
         "--sigma-schedule",
@@ -215,11 +209,10 @@ def resolve_sampling(args, model_class, process):
     combination (more steps than a DDPM's timesteps, a spacing that EDM does
     not take) fails at once with the library's ValueError.
     """
-    vp = issubclass(model_class, (DDPM, DDIM))  # a ScoreModel on a VP SDE keeps its own "pc"
     if args.sampler is None:
-        args.sampler = VP_SAMPLER if vp else model_class.default_sampler
+        args.sampler = model_class.default_sampler
     if args.steps is None:
-        args.steps = VP_STEPS if vp else process.default_num_steps(args.sampler)
+        args.steps = process.default_num_steps(args.sampler)
     get_sigmas(process, args.steps, args.sigma_schedule, args.timestep_spacing)
 
 
@@ -231,11 +224,8 @@ def generate_kwargs(args, model):
         kwargs["timestep_spacing"] = args.timestep_spacing
     if args.clip_sample is not None:
         kwargs["clip_sample"] = args.clip_sample
-    if "eta" in SAMPLERS[args.sampler].options:
-        if args.eta is not None:
-            kwargs["eta"] = args.eta
-        elif isinstance(model, DDPM):
-            kwargs["eta"] = 1.0
+    if "eta" in SAMPLERS[args.sampler].options and args.eta is not None:
+        kwargs["eta"] = args.eta
     return kwargs
 
 

@@ -307,10 +307,16 @@ def _add_family_parser(subparsers, name, family):
     optim.add_argument(
         "--ema",
         type=momentum,
-        default=0.99,
+        default=0.999,
         help="momentum of the exponential moving average of the weights that "
         "is saved and sampled from; 0 turns it off. Its time scale is "
-        "1 / (1 - EMA) steps: keep it well below the number of training steps",
+        "1 / (1 - EMA) steps, reached after the warm-up (--ema-warmup-power)",
+    )
+    optim.add_argument(
+        "--ema-warmup-power", type=float, default=2.0 / 3.0,
+        help="the EMA's momentum warms up as min(EMA, 1 - (1 + step)^-power), as diffusers' "
+        "EMAModel(use_ema_warmup=True): its time scale is 22 steps after 100, 100 after 1,000 "
+        "(keras_diffusion.optimizers.AdamW); 0 keeps Keras' fixed momentum from the first step",
     )
     add_checkpoint_flag(optim)
     optim.add_argument(
@@ -412,7 +418,8 @@ def add_checkpoint_flag(parser):
     )
 
 
-def _load_images(args, preset_shape):
+def load_images(args, preset_shape):
+    """The training images `args` name, float32 in [-1, 1], `(N, H, W, C)`."""
     from keras_diffusion.datasets import load_dataset
 
     image_size = args.image_size or preset_shape[0]
@@ -436,10 +443,10 @@ def _load_images(args, preset_shape):
     return images
 
 
-def _build_model(args, family, process, images):
-    import keras
-
+def build_model(args, family, process, images):
+    """The family's model for `args`, on a U-Net from its preset, compiled with the command's optimizer."""
     from keras_diffusion.networks import unet_from_preset
+    from keras_diffusion.optimizers import AdamW
 
     image_shape = tuple(int(d) for d in images.shape[1:])
     overrides = {
@@ -456,8 +463,9 @@ def _build_model(args, family, process, images):
     if isinstance(model, DDIM):  # the keras.io DDIM normalizes its images
         model.adapt(images)
     model.compile(
-        optimizer=keras.optimizers.AdamW(
-            learning_rate=args.learning_rate, weight_decay=1e-4, use_ema=args.ema > 0, ema_momentum=args.ema
+        optimizer=AdamW(
+            learning_rate=args.learning_rate, weight_decay=1e-4, use_ema=args.ema > 0, ema_momentum=args.ema,
+            ema_warmup_power=args.ema_warmup_power or None,
         )
     )
     return model
@@ -477,8 +485,8 @@ def run(args):
     make_out_folder(args.out)
     keras.utils.set_random_seed(args.seed)
 
-    images = _load_images(args, family.presets[args.network]["image_shape"])
-    model = _build_model(args, family, process, images)
+    images = load_images(args, family.presets[args.network]["image_shape"])
+    model = build_model(args, family, process, images)
     image_shape = model.image_shape
     num_parameters = model.network.count_params()
     print(

@@ -524,9 +524,10 @@ class DiffusionModel(keras.Model):
                 `"dpmpp_2m"`, `"dpmpp_2m_sde"`, `"lms"` or `"unipc"`; default
                 the model's `default_sampler`.
             num_steps: denoising steps; default the process's
-                `default_num_steps(sampler)` (for a DDPM all training
-                timesteps with `"ddpm"`, 50 otherwise). `"heun"` evaluates the
-                model `2 * num_steps - 1` times (`samplers.num_model_evaluations`).
+                `default_num_steps(sampler)` (50 for a DDPM, 18 Heun steps
+                for EDM). `"heun"` evaluates the model `2 * num_steps - 1`
+                times (`samplers.num_model_evaluations`). The command line
+                makes the same choices.
             eta: stochasticity of `"ddim"` (default 0, deterministic),
                 `"euler_ancestral"` and `"dpmpp_2m_sde"` (default 1); other
                 samplers take none.
