@@ -30,8 +30,10 @@ After the last budget it also samples `--final-num-images` digits at 10 and
 
 The report gives, for the target FID (`--target-fid`, default diffusers'
 FID at its largest budget), the first budget at which each contestant
-reaches it: an upper bound on the CPU time it needs. The ratio to diffusers'
-time is then a lower bound on the speed-up.
+reaches it: an upper bound on the CPU time it needs, so the ratio to
+diffusers' time is a lower bound on the speed-up. It also gives an estimate,
+log FID interpolated linearly in log minutes between the two budgets around
+the target (`interpolated_reach`).
 
 A rerun of the same command resumes: every finished budget is kept in
 `--work` (`runs/time_to_quality/<contestant>`), with the model at that
@@ -338,6 +340,20 @@ def reach(result, target):
     return next((row["minutes"] for row in result["budgets"] if row["fid"] <= target), None)
 
 
+def interpolated_reach(result, target):
+    """An estimate of the CPU minutes to FID `target`: log FID linear in log minutes between two budgets.
+
+    None unless a budget reaches the target; the first budget itself if it
+    already does (no earlier point to interpolate from).
+    """
+    rows = result["budgets"]
+    for before, after in zip(rows, rows[1:]):
+        if before["fid"] > target >= after["fid"]:
+            fraction = np.log(before["fid"] / target) / np.log(before["fid"] / after["fid"])
+            return float(np.exp(np.log(before["minutes"]) + fraction * np.log(after["minutes"] / before["minutes"])))
+    return rows[0]["minutes"] if rows and rows[0]["fid"] <= target else None
+
+
 def markdown(results, target, real_fid):
     """The results as markdown: FID per budget, the time to the target FID, and 10 against 50 NFE."""
     budgets = results["config"]["budgets"]
@@ -355,10 +371,11 @@ def markdown(results, target, real_fid):
     for name, result in contestants.items():
         cells = [f"{row['fid']:.2f} ({row['kid']:.3f})" for row in result["budgets"]]
         cells += [""] * (len(budgets) - len(cells))
-        minutes = reach(result, target)
+        minutes, estimate = reach(result, target), interpolated_reach(result, target)
         reached = "not within the budgets" if minutes is None else f"by {minutes:g} min"
         if minutes is not None and reference is not None and name != "diffusers":
-            reached += f" ({reference / minutes:.1f}x sooner or better)"
+            reached += f" (at least {reference / minutes:.1f}x sooner"
+            reached += f"; about {estimate:.1f} min interpolated, {reference / estimate:.1f}x)" if estimate < minutes else ")"
         lines.append(f"| {name} | {result['budgets'][0]['sampler']} | " + " | ".join(cells) + f" | {reached} |")
     lines += ["", "Training steps and CPU seconds at each budget:", "",
               "| contestant | parameters | batch | " + " | ".join(f"{m:g} min" for m in budgets) + " |",
