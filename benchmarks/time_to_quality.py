@@ -53,7 +53,7 @@ import time
 
 import numpy as np
 
-README_COMMAND = "python -m keras_diffusion train edm --dataset mnist --epochs 20 --out runs/mnist"
+README_COMMAND = "python -m keras_diffusion train edm --dataset mnist --epochs 15 --out runs/edm32"
 # The README command's model and training flags, without the run length and the folder.
 RECIPE = ("edm",)
 ABLATIONS = {

@@ -20,6 +20,7 @@ from keras_diffusion import likelihood
 from keras_diffusion import metrics
 from keras_diffusion import models
 from keras_diffusion import networks
+from keras_diffusion import optimizers
 from keras_diffusion import parameterizations
 from keras_diffusion import processes
 from keras_diffusion import resume

@@ -56,3 +56,21 @@ def test_config_round_trip_and_bad_power():
     assert clone.ema_warmup_power == 0.75 and clone.use_ema
     with pytest.raises(ValueError, match="ema_warmup_power"):
         AdamW(1e-3, ema_warmup_power=0)
+
+
+def test_a_saved_model_with_it_loads_after_importing_the_package(tmp_path):
+    """`keras.saving.load_model` finds the class once `keras_diffusion` is imported, in a fresh process too."""
+    import subprocess
+    import sys
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(AdamW(1e-3, use_ema=True, ema_warmup_power=0.75), loss="mse")
+    model.fit(np.ones((4, 3), "float32"), np.ones((4, 2), "float32"), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    code = ("import keras, keras_diffusion; m = keras.saving.load_model(%r); "
+            "print(type(m.optimizer).__name__, m.optimizer.ema_warmup_power)" % path)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["AdamW", "0.75"]
