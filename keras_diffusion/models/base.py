@@ -38,6 +38,7 @@ from keras_diffusion.compile import CompiledLoop
 from keras_diffusion.datasets import validate_images
 from keras_diffusion.images import to_uint8
 from keras_diffusion.likelihood import log_likelihood
+from keras_diffusion.optimizers import AdamW
 from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
 from keras_diffusion.resume import ResumableBatches
@@ -334,7 +335,9 @@ class DiffusionModel(keras.Model):
 
         Args:
             optimizer: any Keras optimizer. The default is
-                `AdamW(2e-4, weight_decay=1e-4, use_ema=True, ema_momentum=0.999)`.
+                `keras_diffusion.optimizers.AdamW(2e-4, weight_decay=1e-4,
+                use_ema=True, ema_momentum=0.999)`, whose EMA warms up as the
+                command line's does.
                 With `use_ema=True`, `fit()` ends by writing the averaged
                 weights into the model (Keras' `finalize_variable_values`), and
                 `generate()` uses them during training too.
@@ -348,9 +351,7 @@ class DiffusionModel(keras.Model):
             )
         kwargs.pop("loss", None)
         if optimizer is None:
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=2e-4, weight_decay=1e-4, use_ema=True, ema_momentum=0.999
-            )
+            optimizer = AdamW(learning_rate=2e-4, weight_decay=1e-4, use_ema=True, ema_momentum=0.999)
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config):
