@@ -297,13 +297,10 @@ def diffusers_worker(budgets, num_images, final_num_images, work, seed, threads)
     results = {"name": "diffusers", "recipe": "UNet2DModel, DDPMScheduler cosine, AdamW 1e-3, EMA 0.995, batch 64",
                "threads": f"torch {torch.get_num_threads()}", "params": int(sum(p.numel() for p in unet.parameters())),
                "batch_size": batch, "budgets": []}
-    loaded = None
     for minutes in budgets:
         path = os.path.join(work, f"checkpoint_{minutes:g}.pt")
 
-        def train_stage():
-            if results["budgets"] and loaded != results["budgets"][-1]["minutes"]:
-                load(os.path.join(work, f"checkpoint_{results['budgets'][-1]['minutes']:g}.pt"))
+        def train_stage():  # continues from the state of the last budget, loaded below
             print(f"diffusers: training to {minutes:g} CPU minute(s) ...", flush=True)
             train_to(60.0 * minutes)
             save(path)
@@ -311,8 +308,7 @@ def diffusers_worker(budgets, num_images, final_num_images, work, seed, threads)
                     "last_loss": state["loss"]}
 
         training = stages.stage(f"{minutes:g}/train", train_stage, outputs=[path])
-        load(path)
-        loaded = minutes
+        load(path)  # this budget's state, also when the stage was finished by an earlier run
 
         def score_stage():
             generated, seconds = _timed_samples(

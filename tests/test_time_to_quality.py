@@ -1,6 +1,5 @@
 """`benchmarks.time_to_quality`: the contestants, the report, and a smoke run of diffusers' worker."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -8,8 +7,6 @@ import numpy as np
 import pytest
 
 from benchmarks import time_to_quality as ttq
-
-HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 
 
 def test_contestants_parse_and_unknown_ones_name_the_choices():
@@ -74,7 +71,6 @@ def test_bad_arguments_are_refused(capsys):
     assert "Unknown contestant" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAS_DIFFUSERS, reason="diffusers is a benchmark dependency (requirements-dev.txt)")
 def test_diffusers_worker_smoke_run_trains_scores_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setitem(ttq.DIFFUSERS, "sample_steps", 2)
     args = ([0.002, 0.004], 4, 4, str(tmp_path), 0, 1)
