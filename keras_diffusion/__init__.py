@@ -14,6 +14,7 @@ Example:
 
 from keras_diffusion import callbacks
 from keras_diffusion import datasets
+from keras_diffusion import distill
 from keras_diffusion import distribution
 from keras_diffusion import images
 from keras_diffusion import likelihood
@@ -25,6 +26,9 @@ from keras_diffusion import parameterizations
 from keras_diffusion import processes
 from keras_diffusion import resume
 from keras_diffusion import samplers
+from keras_diffusion.distill import ConsistencyModel
+from keras_diffusion.distill import ConsistencyProcess
+from keras_diffusion.distill import MeanFlow
 from keras_diffusion.files import load_model
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
@@ -43,6 +47,8 @@ from keras_diffusion.processes import subVPSDE
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConsistencyModel",
+    "ConsistencyProcess",
     "ContinuousCosineSchedule",
     "DDIM",
     "DDPM",
@@ -51,12 +57,14 @@ __all__ = [
     "EDM",
     "EDMProcess",
     "FlowMatching",
+    "MeanFlow",
     "RectifiedFlow",
     "ScoreModel",
     "VESDE",
     "VPSDE",
     "callbacks",
     "datasets",
+    "distill",
     "images",
     "likelihood",
     "load_model",

@@ -18,6 +18,7 @@ Each parameterization here answers four questions, for data of any shape
 | `v_prediction` | `alpha eps - sigma x0` | `alpha^2 x - alpha sigma_hat out` | VP |
 | `velocity` | `eps - x0` | `(x - sigma_hat out) / (1 + sigma_hat)` (= `x_t - t v`) | rectified flow |
 | `edm` | `(x0 - c_skip x) / c_out` | `c_skip x + c_out out` | EDM |
+| `consistency` | (none: consistency losses) | `c_skip x + c_out out`, from `sigma_min` | EDM |
 
 EDM preconditioning (Karras et al. 2022, Table 1), with `s = sigma_hat` and
 `s_d = sigma_data`: `c_skip = s_d^2 / (s^2 + s_d^2)`,
@@ -26,6 +27,12 @@ EDM preconditioning (Karras et al. 2022, Table 1), with `s = sigma_hat` and
 weight `(s^2 + s_d^2) / (s s_d)^2` on the error of `D` is exactly weight 1
 on the error of the network's output against `target`, since
 `weight * c_out^2 = 1`; so the loss here is the plain mean squared error.
+
+The consistency models' boundary parameterization (Song et al. 2023, appendix
+C) shifts EDM's by `sigma_min`: `c_skip = s_d^2 / ((s - sigma_min)^2 + s_d^2)`,
+`c_out = s_d (s - sigma_min) / sqrt(s^2 + s_d^2)`, so `x0_hat = x` exactly at
+`s = sigma_min`; `c_in` is EDM's. Away from `sigma_min` it is EDM's, so an
+EDM network starts a consistency model (`keras_diffusion.distill`).
 
 Example:
 >>> from keras_diffusion.processes import RectifiedFlow
@@ -162,7 +169,22 @@ class EDMPreconditioning(Parameterization):
         return self._coefficients(sigma / alpha)[1]
 
 
-PARAMETERIZATIONS = {p.name: p for p in (Epsilon, Sample, VPrediction, Velocity, EDMPreconditioning)}
+class ConsistencyBoundary(EDMPreconditioning):
+    """Song et al. 2023's `f(x, s) = c_skip x + c_out F`, which is the identity at `s = sigma_min`."""
+
+    name = "consistency"
+    hint = "It reads sigma_min and sigma_data from the process; use keras_diffusion.distill.ConsistencyModel."
+
+    def _coefficients(self, sigma_hat):
+        sd2 = self.process.sigma_data**2
+        shifted = sigma_hat - self.process.sigma_min
+        norm = ops.sqrt(ops.square(sigma_hat) + sd2)
+        return sd2 / (ops.square(shifted) + sd2), shifted * self.process.sigma_data / norm, 1.0 / norm
+
+
+PARAMETERIZATIONS = {
+    p.name: p for p in (Epsilon, Sample, VPrediction, Velocity, EDMPreconditioning, ConsistencyBoundary)
+}
 
 
 def prediction_types(process):

@@ -51,9 +51,64 @@ class ExactEDMOutput(keras.layers.Layer):
         return (exact_denoiser(x, sigma) - c_skip * x) / c_out
 
 
+def exact_consistency(x, sigma, sigma_min, mu=MU, s=S):
+    """The consistency function with boundary `sigma_min`: the PF-ODE from `sigma` to `sigma_min`."""
+    return mu + np.sqrt(s**2 + sigma_min**2) / np.sqrt(s**2 + sigma**2) * (x - mu)
+
+
+def exact_mean_velocity(z, r, t, mu=MU, s=S):
+    """`u(z, r, t) = (z_t - z_r) / (t - r)` along the exact flow; `v(z, t)` where `r = t`."""
+    m_t, m_r = (1.0 - t) * mu, (1.0 - r) * mu
+    s_t = np.sqrt((1.0 - t) ** 2 * s**2 + t**2)
+    s_r = np.sqrt((1.0 - r) ** 2 * s**2 + r**2)
+    z_r = m_r + s_r / s_t * (z - m_t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(t > r, (z - z_r) / np.where(t > r, t - r, 1.0), exact_velocity(z, t, mu, s))
+
+
+class ExactConsistencyOutput(keras.layers.Layer):
+    """`[c_in x, c_noise] -> F` such that `c_skip x + c_out F` (the consistency boundary
+    parameterization, sigma_data = 0.5) is the exact consistency function."""
+
+    def __init__(self, sigma_min, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma_min = sigma_min
+
+    def call(self, inputs, sigma_data=0.5):
+        scaled, c_noise = inputs
+        sigma = ops.reshape(ops.exp(4.0 * c_noise), (-1,) + (1,) * (len(scaled.shape) - 1))
+        norm = ops.sqrt(sigma**2 + sigma_data**2)
+        x = scaled * norm
+        shifted = sigma - self.sigma_min
+        c_skip, c_out = sigma_data**2 / (shifted**2 + sigma_data**2), shifted * sigma_data / norm
+        f = MU + np.sqrt(S**2 + self.sigma_min**2) / ops.sqrt(S**2 + sigma**2) * (x - MU)
+        safe = ops.where(c_out > 1e-6, c_out, 1.0)
+        return ops.where(c_out > 1e-6, (f - c_skip * x) / safe, 0.0)
+
+
+class ExactMeanVelocity(keras.layers.Layer):
+    """`[z_t, t, t - r] -> u(z_t, r, t)`, the exact average velocity (time_scale 1), in `keras.ops`."""
+
+    def call(self, inputs):
+        z, t, h = inputs
+        t = ops.reshape(t, (-1,) + (1,) * (len(z.shape) - 1))
+        r = t - ops.reshape(h, (-1,) + (1,) * (len(z.shape) - 1))
+        m_t, m_r = (1.0 - t) * MU, (1.0 - r) * MU
+        s_t = ops.sqrt((1.0 - t) ** 2 * S**2 + t**2)
+        s_r = ops.sqrt((1.0 - r) ** 2 * S**2 + r**2)
+        interval = (z - m_r - s_r / s_t * (z - m_t)) / ops.where(t > r, t - r, 1.0)
+        return ops.where(t > r, interval, exact_velocity(z, t))
+
+
 def stand_in(layer, shape=(2,)):
     x, t = keras.Input(shape), keras.Input(())
     return keras.Model([x, t], layer([x, t]))
+
+
+def stand_in_interval(layer, shape=(2,)):
+    """A network `[x, t, h]` around `layer`, with the inputs named as MeanFlow wants them."""
+    x, t, h = keras.Input(shape, name="x"), keras.Input((), name="t"), keras.Input((), name="h")
+    return keras.Model([x, t, h], layer([x, t, h]))
 
 
 def mlp(shape=(2,), num_classes=None, width=32):

@@ -167,7 +167,8 @@ def _subparser(parser, path):
 
 
 COMMANDS = [["train"], ["train", "ddpm"], ["train", "ddim"], ["train", "flow"], ["train", "edm"],
-            ["train", "score"], ["sample"], ["evaluate"], ["walk"], ["generate"], ["finetune"]]
+            ["train", "score"], ["train", "consistency"], ["train", "meanflow"], ["distill"], ["sample"], ["evaluate"],
+            ["walk"], ["generate"], ["finetune"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -179,7 +180,8 @@ def test_help_explains_every_flag(command, capsys):
     assert text.startswith(f"usage: python -m keras_diffusion {' '.join(command)}")
     for action in _subparser(cli.build_parser(), command)._actions:
         if isinstance(action, argparse._SubParsersAction):  # `train`'s models: listed with their help
-            assert all(f"\n    {name} " in text for name in action.choices)
+            # A long name gets its help on the next line.
+            assert all(f"\n    {name} " in text or f"\n    {name}\n" in text for name in action.choices)
             continue
         assert action.help, action.option_strings
         for flag in action.option_strings:

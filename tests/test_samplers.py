@@ -228,8 +228,9 @@ def test_generate_ddim_matches_diffusers_loop(spacing, clip, prediction_type):
 
 
 # The score samplers nest loops (Langevin steps, RK45's adaptive while-loop) that take JAX ~10 s to
-# compile per call; tests/test_score.py checks them on the 2-D oracle.
-@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"langevin", "pc", "ode_rk45"}))
+# compile per call; tests/test_score.py checks them on the 2-D oracle. "meanflow" runs on MeanFlow
+# models only (tests/test_distill.py).
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"langevin", "pc", "ode_rk45", "meanflow"}))
 def test_generate_runs_each_sampler_like_one_uninterrupted_loop(name):
     """`generate`'s chunked loop (state and noise carried across chunks) equals one whole loop.
 

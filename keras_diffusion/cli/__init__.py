@@ -2,7 +2,8 @@
 
 | command | module | what it does |
 |---|---|---|
-| `train ddpm\\|ddim\\|flow\\|edm` | `train` | trains a model on a dataset; saves it, a sample grid and a log |
+| `train ddpm\\|ddim\\|flow\\|edm\\|score\\|consistency\\|meanflow` | `train` | trains a model on a dataset; saves it, a sample grid and a log |
+| `distill` | `distill` | a 1-4 step student of a trained model (consistency tuning or distillation, MeanFlow) |
 | `sample` | `sample` | writes a grid of images from a saved model |
 | `evaluate` | `evaluate` | FID, KID and IS of a saved model against held-out MNIST |
 | `generate` | `generate` | Stable Diffusion 3 text-to-image, image-to-image, inpainting |
@@ -27,6 +28,7 @@ import argparse
 import os
 import sys
 
+from keras_diffusion.cli import distill
 from keras_diffusion.cli import evaluate
 from keras_diffusion.cli import finetune
 from keras_diffusion.cli import generate
@@ -36,7 +38,9 @@ from keras_diffusion.cli import walk
 from keras_diffusion.cli.args import Formatter
 
 # In the order `--help` lists them.
-COMMANDS = {module.__name__.rpartition(".")[2]: module for module in (train, sample, evaluate, walk, generate, finetune)}
+COMMANDS = {
+    module.__name__.rpartition(".")[2]: module for module in (train, distill, sample, evaluate, walk, generate, finetune)
+}
 
 
 def build_parser():

@@ -31,6 +31,7 @@ from keras_diffusion.processes import RectifiedFlow
 from keras_diffusion.samplers import SAMPLERS
 from keras_diffusion.samplers import SIGMA_SCHEDULES
 from keras_diffusion.samplers import get_sigmas
+from keras_diffusion.samplers import default_num_steps
 from keras_diffusion.sd3.pipeline import DEFAULT_CACHE_DIR
 
 
@@ -212,7 +213,7 @@ def resolve_sampling(args, model_class, process):
     if args.sampler is None:
         args.sampler = model_class.default_sampler
     if args.steps is None:
-        args.steps = process.default_num_steps(args.sampler)
+        args.steps = default_num_steps(process, args.sampler)
     get_sigmas(process, args.steps, args.sigma_schedule, args.timestep_spacing)
 
 

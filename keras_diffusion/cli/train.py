@@ -1,4 +1,4 @@
-"""`train ddpm|ddim|flow|edm`: train a diffusion model on a dataset, with a grid of samples.
+"""`train ddpm|ddim|flow|edm|score|consistency|meanflow`: train a diffusion model on a dataset, with a grid of samples.
 
 Each family loads the data, builds a U-Net from a preset, trains its model
 with Keras' `fit()` (`fit_with_backup`: an interrupted run resumes exactly
@@ -29,6 +29,9 @@ from keras_diffusion.cli.args import positive_float
 from keras_diffusion.cli.args import positive_int
 from keras_diffusion.cli.args import resolve_sampling
 from keras_diffusion.datasets import DATASETS
+from keras_diffusion.distill import ConsistencyModel
+from keras_diffusion.distill import ConsistencyProcess
+from keras_diffusion.distill import MeanFlow
 from keras_diffusion.files import replace_atomically
 from keras_diffusion.files import write_json
 from keras_diffusion.models import DDIM
@@ -77,6 +80,9 @@ class Family:
         model_kwargs: further keyword arguments of `model_class`.
         model_flags: CLI flag -> keyword argument of `model_class`.
         min_snr: whether the family takes `--min-snr-gamma`.
+        network_kwargs: further arguments of the preset's network builder.
+        schedules_over_run: the model takes `total_steps`, the run's
+            optimizer steps (a consistency model's level schedule).
     """
 
     model_class: type
@@ -90,6 +96,8 @@ class Family:
     model_kwargs: dict = field(default_factory=dict)
     model_flags: dict = field(default_factory=dict)
     min_snr: bool = True
+    network_kwargs: dict = field(default_factory=dict)
+    schedules_over_run: bool = False
 
 
 def _add_ddpm_args(group):
@@ -125,22 +133,36 @@ def _add_score_args(group):
     )
 
 
-def _add_edm_args(group):
+def _add_edm_args(group, process_class=EDMProcess):
     for name, text in (
         ("sigma_data", "the data's standard deviation, which the preconditioning assumes"),
         ("sigma_min", "the smallest sampling noise level"),
         ("sigma_max", "the largest noise level, where sampling starts"),
     ):
         group.add_argument(
-            "--" + name.replace("_", "-"), type=positive_float, default=default_of(EDMProcess, name), help=text
+            "--" + name.replace("_", "-"), type=positive_float, default=default_of(process_class, name), help=text
         )
     group.add_argument(
-        "--p-mean", type=float, default=default_of(EDMProcess, "p_mean"),
+        "--p-mean", type=float, default=default_of(process_class, "p_mean"),
         help="mean of the training log noise levels, log(sigma) ~ N(p_mean, p_std^2)",
     )
     group.add_argument(
-        "--p-std", type=positive_float, default=default_of(EDMProcess, "p_std"),
+        "--p-std", type=positive_float, default=default_of(process_class, "p_std"),
         help="standard deviation of the training log noise levels",
+    )
+
+
+def _add_meanflow_args(group):
+    group.add_argument(
+        "--interval-fraction", type=float, default=default_of(MeanFlow, "interval_fraction"),
+        help="fraction of training examples with r < t (MeanFlow's best: 0.25); the rest train plain flow matching",
+    )
+
+
+def _edm_like(process_class):
+    return lambda args: process_class(
+        sigma_min=args.sigma_min, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
+        p_mean=args.p_mean, p_std=args.p_std,
     )
 
 
@@ -176,11 +198,27 @@ FAMILIES = {
         process_class=EDMProcess,
         help="EDM (Karras et al. 2022): a preconditioned denoiser on lognormal noise levels",
         add_arguments=_add_edm_args,
-        process=lambda args: EDMProcess(
-            sigma_min=args.sigma_min, sigma_max=args.sigma_max, sigma_data=args.sigma_data,
-            p_mean=args.p_mean, p_std=args.p_std,
-        ),
+        process=_edm_like(EDMProcess),
         min_snr=False,
+    ),
+    "consistency": Family(
+        model_class=ConsistencyModel,
+        process_class=ConsistencyProcess,
+        help="a consistency model (improved consistency training, Song & Dhariwal 2023) for 1-4 step sampling",
+        add_arguments=lambda group: _add_edm_args(group, ConsistencyProcess),
+        process=_edm_like(ConsistencyProcess),
+        min_snr=False,
+        schedules_over_run=True,
+    ),
+    "meanflow": Family(
+        model_class=MeanFlow,
+        process_class=RectifiedFlow,
+        help="a MeanFlow model (Geng et al. 2025): average velocities, one-step sampling",
+        add_arguments=_add_meanflow_args,
+        process=lambda args: RectifiedFlow(logit_mean=-0.4, logit_std=1.0),
+        model_flags={"interval_fraction": "interval_fraction"},
+        min_snr=False,
+        network_kwargs={"interval_input": True},
     ),
     "score": Family(
         model_class=ScoreModel,
@@ -199,14 +237,15 @@ def add_parser(subparsers):
     train = add_command(
         subparsers,
         __name__,
-        help="train a diffusion model (ddpm, ddim, flow, edm or score)",
+        help="train a diffusion model (ddpm, ddim, flow, edm, score, consistency or meanflow)",
         description="Trains a diffusion model and saves it with a grid of samples. Re-running an\n"
         "interrupted command resumes exactly where its last checkpoint left it.\n\n"
         "Examples:\n"
         "  python -m keras_diffusion train ddpm --dataset mnist --out runs/mnist\n"
         "  python -m keras_diffusion train flow --dataset mnist --out runs/flow\n"
         "  python -m keras_diffusion train edm --dataset mnist --out runs/edm\n"
-        "  python -m keras_diffusion train score --sde ve --dataset mnist --out runs/score\n\n"
+        "  python -m keras_diffusion train score --sde ve --dataset mnist --out runs/score\n"
+        "  python -m keras_diffusion train meanflow --dataset mnist --out runs/meanflow\n\n"
         "Run `python -m keras_diffusion train MODEL --help` for the flags of each model.",
     )
     families = train.add_subparsers(dest="model", title="models", metavar="MODEL", required=True)
@@ -454,8 +493,10 @@ def build_model(args, family, process, images):
         for flag, argument in family.network_flags.items()
         if getattr(args, flag) is not None
     }
-    network = unet_from_preset(args.network, image_shape=image_shape, **overrides)
+    network = unet_from_preset(args.network, image_shape=image_shape, **overrides, **family.network_kwargs)
     kwargs = {"prediction_type": args.prediction_type, "loss_type": args.loss, "seed": args.seed}
+    if family.schedules_over_run:
+        kwargs["total_steps"] = args.epochs * -(-len(images) // args.batch_size)
     if family.min_snr:
         kwargs["min_snr_gamma"] = args.min_snr_gamma
     kwargs.update({argument: getattr(args, flag) for flag, argument in family.model_flags.items()})

@@ -43,11 +43,12 @@ from keras_diffusion.parameterizations import get_parameterization
 from keras_diffusion.processes import append_dims
 from keras_diffusion.resume import ResumableBatches
 from keras_diffusion.samplers import SAMPLERS
+from keras_diffusion.samplers import default_num_steps
 from keras_diffusion.samplers import get_sampler
 from keras_diffusion.samplers import get_sigmas
 from keras_diffusion.samplers import run_steps
 
-LOSS_TYPES = ("mse", "mae")
+LOSS_TYPES = ("mse", "mae", "pseudo_huber")
 
 
 class DiffusionModel(keras.Model):
@@ -64,7 +65,9 @@ class DiffusionModel(keras.Model):
             (`eps - x0`, rectified flow) or `"edm"` (Karras et al.'s
             preconditioned output); see `keras_diffusion.parameterizations`.
             One that does not fit the process is an error.
-        loss_type: `"mse"` or `"mae"`.
+        loss_type: `"mse"`, `"mae"` or `"pseudo_huber"` (`sqrt(|e|^2 + c^2) - c`
+            over each example, `c = 0.00054 sqrt(d)`: improved consistency
+            training's loss).
         min_snr_gamma: if set, weights each example's loss by
             `min(SNR, gamma) / SNR` (expressed for the prediction type), as in
             Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
@@ -91,6 +94,8 @@ class DiffusionModel(keras.Model):
 
     default_sampler = "ddpm"
     default_clip_sample = True
+    # Whether `denoise` takes `sigma_next` (an average-velocity model, for the "meanflow" sampler).
+    interval_denoiser = False
 
     def __init__(
         self,
@@ -121,8 +126,8 @@ class DiffusionModel(keras.Model):
                     "image_shape=(H, W, C) (or the shape of one sample) explicitly."
                 )
             image_shape = tuple(inputs[0].shape[1:])
-        num_inputs = len(getattr(network, "inputs", None) or []) or None
-        if num_classes is None and num_inputs == 3:
+        input_names = [getattr(i, "name", "") for i in getattr(network, "inputs", None) or []]
+        if num_classes is None and "labels" in input_names:
             raise ValueError(
                 "The network takes class labels; pass num_classes=... to the model."
             )
@@ -319,8 +324,15 @@ class DiffusionModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         error = ops.cast(y_pred["prediction"], "float32") - y_pred["target"]
-        error = ops.square(error) if self.loss_type == "mse" else ops.abs(error)
-        per_example = ops.mean(error, axis=tuple(range(1, len(error.shape)))) * y_pred["weight"]
+        axes = tuple(range(1, len(error.shape)))
+        if self.loss_type == "pseudo_huber":
+            # Song & Dhariwal 2023 (improved consistency training): sqrt(|e|^2 + c^2) - c, c = 0.00054 sqrt(d).
+            c = 0.00054 * math.sqrt(math.prod(error.shape[1:]))
+            per_example = ops.sqrt(ops.sum(ops.square(error), axis=axes) + c**2) - c
+        else:
+            error = ops.square(error) if self.loss_type == "mse" else ops.abs(error)
+            per_example = ops.mean(error, axis=axes)
+        per_example = per_example * y_pred["weight"]
         loss = self._reduce_loss(per_example, x)
         if self.losses:
             loss = loss + ops.sum(self.losses)
@@ -415,8 +427,10 @@ class DiffusionModel(keras.Model):
                 labels = cond[0] if conditional else None
                 scale = cond[1] if guided else None
 
-                def denoiser(x, sigma):
-                    return self.denoise(x, sigma, labels, scale, clip_x0=clip_x0)
+                def denoiser(x, sigma, *sigma_next):
+                    # The "meanflow" sampler passes the next level too (an interval model's x0_hat).
+                    interval = {"sigma_next": sigma_next[0]} if sigma_next else {}
+                    return self.denoise(x, sigma, labels, scale, clip_x0=clip_x0, **interval)
 
                 return run_steps(sampler.step, denoiser, x, state, sigmas, seed, start, stop, **options)
 
@@ -565,10 +579,16 @@ class DiffusionModel(keras.Model):
         sampler = self.default_sampler if sampler is None else sampler
         clip_sample = self.default_clip_sample if clip_sample is None else clip_sample
         spec = get_sampler(sampler)
+        if spec.name == "meanflow" and not self.interval_denoiser:
+            raise ValueError(
+                f"The 'meanflow' sampler needs a model of average velocities over intervals "
+                f"(keras_diffusion.distill.MeanFlow); this is a {type(self).__name__}. Use its default "
+                f"sampler {self.default_sampler!r}."
+            )
         labels = self._check_generate_args(num_images, labels, guidance_scale, initial_noise)
         options, clip_x0 = self._sampler_options(spec, eta, clip_sample, sampler_options)
         if num_steps is None:
-            num_steps = self.process.default_num_steps(sampler)
+            num_steps = default_num_steps(self.process, sampler)
         sigmas = get_sigmas(self.process, num_steps, sigma_schedule, timestep_spacing)
         if seed is None:
             seed = secrets.randbelow(2**31 - 1)

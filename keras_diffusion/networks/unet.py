@@ -148,6 +148,7 @@ def build_unet(
     num_classes=None,
     time_embedding_dim=None,
     data_format=None,
+    interval_input=False,
     name="unet",
 ):
     """Build a DDPM U-Net that predicts the noise in `x` at timestep `t`.
@@ -188,11 +189,17 @@ def build_unet(
             faster on the torch backend (no layout copies around each
             convolution), is much slower on JAX, and runs on TensorFlow
             only when compiled with XLA (benchmarks/README.md).
+        interval_input: If True, the model takes a third input `h` after
+            `t`: the length `t - r` of the interval of a MeanFlow model's
+            average velocity `u(z, r, t)`, embedded by its own sinusoidal
+            embedding and MLP and added to the time embedding (Geng et al.
+            2025 embed `t` and `t - r` separately).
         name: Name of the model.
 
     Returns:
-        A functional `keras.Model` with inputs `[x, t]` (or `[x, t, labels]`):
-        `x` float32 `(batch, *image_shape)`, `t` float32 `(batch,)` timesteps,
+        A functional `keras.Model` with inputs `[x, t]`, then `h` with
+        `interval_input`, then `labels` with `num_classes`:
+        `x` float32 `(batch, *image_shape)`, `t` and `h` float32 `(batch,)`,
         `labels` int32 `(batch,)`; and a float32 output shaped like `x`.
 
     Example:
@@ -232,6 +239,15 @@ def build_unet(
     temb = SinusoidalEmbedding(widths[0], name="time_sinusoidal")(t_in)
     temb = layers.Dense(emb_dim, activation="swish", name="time_dense1")(temb)
     temb = layers.Dense(emb_dim, name="time_dense2")(temb)
+    if interval_input:
+        h_in = keras.Input((), dtype="float32", name="h")
+        inputs.append(h_in)
+        hemb = SinusoidalEmbedding(widths[0], name="interval_sinusoidal")(h_in)
+        hemb = layers.Dense(emb_dim, activation="swish", name="interval_dense1")(hemb)
+        # Zero-initialized: the interval starts out ignored, so a network initialized from a flow
+        # model's (MeanFlow.from_flow) starts as that flow's velocity.
+        hemb = layers.Dense(emb_dim, kernel_initializer="zeros", name="interval_dense2")(hemb)
+        temb = layers.Add(name="time_interval_embedding")([temb, hemb])
     if num_classes is not None:
         labels_in = keras.Input((), dtype="int32", name="labels")
         inputs.append(labels_in)

@@ -21,6 +21,8 @@ descending `sigmas` (ending with 0, see `keras_diffusion.samplers.sigmas`).
 | `ode_rk45` | 5 (adaptive) | as the tolerance needs | `rtol`, `atol` |
 | `langevin` | annealed Langevin (NCSN), stochastic | `n_steps_each` N + 1 | `step_size`, `n_steps_each` |
 | `pc` | predictor-corrector (score SDE), stochastic | (`n_steps` + 1) N | `predictor`, `snr`, `n_steps` |
+| `consistency` | multistep consistency sampling, stochastic | N | `sigma_min` |
+| `meanflow` | MeanFlow's average-velocity steps (MeanFlow models only) | N | |
 
 `rk4` and `ode_rk45` solve the probability-flow ODE (`samplers.ode`;
 `solve_rk45` reports its evaluations); `langevin` and `pc` follow the score
@@ -66,6 +68,8 @@ from keras_diffusion.samplers.loop import step_noise
 from keras_diffusion.samplers.ode import probability_flow
 from keras_diffusion.samplers.ode import rk4_step
 from keras_diffusion.samplers.ode import rk45_step
+from keras_diffusion.samplers.one_step import consistency_step
+from keras_diffusion.samplers.one_step import mean_flow_step
 from keras_diffusion.samplers.ode import solve_rk45
 from keras_diffusion.samplers.sigmas import SIGMA_SCHEDULES
 from keras_diffusion.samplers.sigmas import exponential_sigmas
@@ -89,6 +93,8 @@ class Sampler:
         last_step_evaluations: model evaluations of the step to `sigma = 0`.
         state_size: number of tensors shaped like `x` carried between steps,
             a function of the resolved options.
+        default_num_steps: the steps `generate()` takes by default, for a
+            sampler of few-step models; None leaves it to the process.
     """
 
     name: str
@@ -98,6 +104,7 @@ class Sampler:
     evaluations_per_step: int = 1
     last_step_evaluations: int = 1
     state_size: object = lambda options: 0
+    default_num_steps: object = None
 
     def resolve(self, options):
         """The full options for a call: defaults updated by `options`, checked."""
@@ -131,6 +138,8 @@ SAMPLERS = {
                 evaluations_per_step=100, last_step_evaluations=101),
         Sampler("pc", pc_step, options={"predictor": "reverse_diffusion", "snr": 0.16, "n_steps": 1},
                 evaluations_per_step=2, last_step_evaluations=2),
+        Sampler("consistency", consistency_step, options={"sigma_min": 0.002}, default_num_steps=1),
+        Sampler("meanflow", mean_flow_step, default_num_steps=1),
     )
 }
 
@@ -145,6 +154,18 @@ def get_sampler(name):
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler: {name!r}. Use one of {sorted(SAMPLERS)}.")
     return SAMPLERS[name]
+
+
+def default_num_steps(process, name):
+    """The steps sampler `name` takes when `num_steps` is left out: its own default, else the process's.
+
+    Example:
+    >>> from keras_diffusion.processes import EDMProcess
+    >>> default_num_steps(EDMProcess(), "heun"), default_num_steps(EDMProcess(), "consistency")
+    (18, 1)
+    """
+    steps = get_sampler(name).default_num_steps
+    return process.default_num_steps(name) if steps is None else steps
 
 
 def num_model_evaluations(name, num_steps):
@@ -240,6 +261,8 @@ sample_rk4 = _sample_function("rk4")
 sample_ode_rk45 = _sample_function("ode_rk45")
 sample_langevin = _sample_function("langevin")
 sample_pc = _sample_function("pc")
+sample_consistency = _sample_function("consistency")
+sample_meanflow = _sample_function("meanflow")
 
 __all__ = [
     "PREDICTORS",
@@ -247,6 +270,7 @@ __all__ = [
     "SIGMA_SCHEDULES",
     "Sampler",
     "check_sigmas",
+    "default_num_steps",
     "denoiser_score",
     "exponential_sigmas",
     "get_sampler",
@@ -258,6 +282,7 @@ __all__ = [
     "probability_flow",
     "run_steps",
     "sample",
+    "sample_consistency",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
@@ -267,6 +292,7 @@ __all__ = [
     "sample_heun",
     "sample_langevin",
     "sample_lms",
+    "sample_meanflow",
     "sample_ode_rk45",
     "sample_pc",
     "sample_rk4",

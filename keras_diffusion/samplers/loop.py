@@ -58,7 +58,8 @@ def run_steps(step, denoiser, x, state, sigmas, seed, start, stop, **options):
         step: a step function (see the module docstring).
         denoiser: `denoiser(x, sigma) -> x0_hat` with `sigma` of shape
             `(batch,)`. Steps call it with a scalar noise level; it is
-            broadcast to the batch here.
+            broadcast to the batch here. `mean_flow_step` calls
+            `denoiser(x, sigma, sigma_next)` (a `MeanFlow` model's).
         x: the samples at noise level `sigmas[start]`, `(batch, ...)`.
         state: the step function's carried tensors (a tuple, maybe empty).
         sigmas: float32 tensor of noise levels, `(num_steps + 1,)`.
@@ -71,8 +72,9 @@ def run_steps(step, denoiser, x, state, sigmas, seed, start, stop, **options):
         `(x, state)` after step `stop - 1`.
     """
 
-    def batched(x, sigma):
-        return denoiser(x, ops.broadcast_to(sigma, ops.shape(x)[:1]))
+    def batched(x, sigma, *sigma_next):
+        # A step that passes the next level too (`mean_flow_step`) asks for the interval's `x0_hat`.
+        return denoiser(x, *(ops.broadcast_to(s, ops.shape(x)[:1]) for s in (sigma, *sigma_next)))
 
     def body(i, carry):
         x, state = carry

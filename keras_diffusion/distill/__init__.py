@@ -1,0 +1,15 @@
+"""One- and few-step generation: consistency models (CT, CD, ECT) and MeanFlow.
+
+- `ConsistencyModel` (with `ConsistencyProcess`): consistency training from
+  scratch, distillation from any trained model, or tuning of an EDM model;
+  sampled by the `"consistency"` sampler in 1, 2, 4, ... steps.
+- `MeanFlow`: average-velocity flows, from scratch or from a flow-matching
+  model (`MeanFlow.from_flow`); sampled by the `"meanflow"` sampler.
+"""
+
+from keras_diffusion.distill.consistency import METHODS
+from keras_diffusion.distill.consistency import ConsistencyModel
+from keras_diffusion.distill.consistency import ConsistencyProcess
+from keras_diffusion.distill.meanflow import MeanFlow
+
+__all__ = ["METHODS", "ConsistencyModel", "ConsistencyProcess", "MeanFlow"]

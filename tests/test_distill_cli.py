@@ -1,0 +1,70 @@
+"""`train consistency|meanflow` and `distill`, on a one-level U-Net and 8 digits at 8x8 (seconds each)."""
+
+import json
+
+import keras
+import pytest
+from PIL import Image
+
+import keras_diffusion as kd
+from keras_diffusion import cli
+
+TINY = ["--dataset", "digits", "--image-size", "8", "--num-train-images", "8", "--batch-size", "8", "--epochs", "1",
+        "--widths", "8", "--num-res-blocks", "1", "--attention-resolutions", "", "--norm-groups", "4"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    for family in ("edm", "flow"):
+        assert cli.main(["train", family, *TINY, "--steps", "2", "--num-samples", "4", "--out", str(root / family)]) == 0
+    return root
+
+
+@pytest.mark.parametrize("family, model_class", [("consistency", kd.ConsistencyModel), ("meanflow", kd.MeanFlow)])
+def test_train_few_step_models_from_scratch(family, model_class, tmp_path, capsys):
+    out = tmp_path / family
+    assert cli.main(["train", family, *TINY, "--num-samples", "4", "--out", str(out)]) == 0
+    sampler = {"consistency": "consistency", "meanflow": "meanflow"}[family]
+    assert f"Generating 4 samples ({sampler}, 1 steps)" in capsys.readouterr().out
+    model = keras.saving.load_model(out / "model.keras")
+    assert type(model) is model_class
+    if family == "consistency":  # the level schedule spans the run: 1 epoch of 1 batch
+        assert model.total_steps == 1 and float(keras.ops.convert_to_numpy(model.training_step)) == 1.0
+    grid = tmp_path / "grid.png"
+    assert cli.main(["sample", "--model", str(out / "model.keras"), "--steps", "2", "--num-images", "2",
+                     "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (2 * 10 + 2, 10 + 2)
+
+
+@pytest.mark.parametrize("method, teacher, student", [
+    ("ect", "edm", kd.ConsistencyModel), ("consistency", "edm", kd.ConsistencyModel), ("meanflow", "flow", kd.MeanFlow),
+])
+def test_distill_writes_a_student_grids_and_a_log(method, teacher, student, teachers, tmp_path, capsys):
+    out = tmp_path / method
+    argv = ["distill", "--method", method, "--teacher", str(teachers / teacher / "model.keras"), "--dataset", "digits",
+            "--num-train-images", "8", "--batch-size", "8", "--epochs", "2", "--num-samples", "4", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    model = keras.saving.load_model(out / "model.keras")
+    assert type(model) is student and model.image_shape == (8, 8, 1)
+    for steps in (1, 2, 4):
+        assert Image.open(out / f"samples_{steps}_steps.png").size == (22, 22)
+        assert f"samples_{steps}_steps.png" in stdout
+    log = json.loads((out / "train_log.json").read_text())
+    assert len(log["epochs"]) == 2 and log["args"]["method"] == method
+    assert not (out / "backup").exists()
+    if method == "consistency":  # the teacher is used, not saved: the student holds only its own weights
+        assert len(model.weights) == len(model.network.weights) + 1
+
+
+def test_distill_errors(teachers, tmp_path, capsys):
+    edm = str(teachers / "edm" / "model.keras")
+    assert cli.main(["distill", "--method", "meanflow", "--teacher", edm, "--out", str(tmp_path / "a")]) == 2
+    assert "needs a flow-matching model" in capsys.readouterr().err
+    flow = str(teachers / "flow" / "model.keras")
+    assert cli.main(["distill", "--method", "ect", "--teacher", flow, "--out", str(tmp_path / "b")]) == 2
+    assert "starts from an EDM model" in capsys.readouterr().err
+    assert cli.main(["distill", "--method", "ect", "--teacher", str(tmp_path / "none.keras"),
+                     "--out", str(tmp_path / "c")]) == 2
+    assert "is not a file" in capsys.readouterr().err
