@@ -29,6 +29,7 @@ from keras_diffusion import samplers
 from keras_diffusion.distill import ConsistencyModel
 from keras_diffusion.distill import ConsistencyProcess
 from keras_diffusion.distill import MeanFlow
+from keras_diffusion.distill import ProgressiveDistillation
 from keras_diffusion.files import load_model
 from keras_diffusion.models import DDIM
 from keras_diffusion.models import DDPM
@@ -58,6 +59,7 @@ __all__ = [
     "EDMProcess",
     "FlowMatching",
     "MeanFlow",
+    "ProgressiveDistillation",
     "RectifiedFlow",
     "ScoreModel",
     "VESDE",

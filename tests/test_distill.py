@@ -10,7 +10,9 @@ from keras import ops
 import keras_diffusion as kd
 from keras_diffusion.distill import ConsistencyModel
 from keras_diffusion.distill import ConsistencyProcess
+from keras_diffusion.distill import DistilledGrid
 from keras_diffusion.distill import MeanFlow
+from keras_diffusion.distill import ProgressiveDistillation
 from keras_diffusion.networks import build_unet
 from tests.oracles import MU
 from tests.oracles import S
@@ -147,6 +149,51 @@ def test_mean_flow_with_r_equal_t_is_the_flow_velocity(rng):
     assert np.allclose(exact_denoiser(x, 1.0), x0, atol=1e-5)  # the flow's x0_hat is the ideal denoiser
 
 
+# ------------------------------------------------------------------ progressive distillation
+def test_progressive_target_taken_by_one_ddim_step_lands_on_the_teachers_two_steps(rng):
+    teacher = kd.EDM(stand_in(ExactEDMOutput()))
+    student = ProgressiveDistillation.from_teacher(teacher, num_steps=8)
+    assert student.process.num_steps == 4
+    x = rng.normal(0, 3.0, (16, 2)).astype("float32")
+    levels = teacher.process.sigmas(8)
+    for i in range(4):
+        sigma, mid, nxt = (np.full(16, levels[2 * i + k], "float32") for k in range(3))
+        target, x_next = (ops.convert_to_numpy(v) for v in student.two_step_target(
+            ops.convert_to_tensor(x), *(ops.convert_to_tensor(v) for v in (sigma, mid, nxt))))
+        # One DDIM step of the student on the target...
+        one_step = target + nxt[:, None] * (x - target) / sigma[:, None]
+        np.testing.assert_allclose(one_step, x_next, rtol=1e-4, atol=1e-4)
+        # ...is the teacher's two DDIM steps, computed here from the exact denoiser.
+        d1 = exact_denoiser(x, sigma[:, None])
+        x_mid = d1 + mid[:, None] * (x - d1) / sigma[:, None]
+        d2 = exact_denoiser(x_mid, mid[:, None])
+        np.testing.assert_allclose(x_next, d2 + nxt[:, None] * (x_mid - d2) / mid[:, None], rtol=1e-4, atol=1e-4)
+
+
+def test_progressive_rounds_halve_the_grid_and_refuse_more_steps(rng, tmp_path):
+    teacher = kd.EDM(mlp(), seed=0)
+    student = ProgressiveDistillation.from_teacher(teacher, num_steps=8, seed=0)
+    student.compile()
+    student.fit(rng.normal(MU, S, (16, 2)).astype("float32"), epochs=1, batch_size=8, verbose=0)
+    second = ProgressiveDistillation.from_teacher(student, seed=0)
+    assert second.process.grid == student.process.grid[::2] and second.process.num_steps == 2
+    path = str(tmp_path / "pd.keras")
+    second.save(path)
+    loaded = kd.load_model(path)
+    assert isinstance(loaded.process, DistilledGrid) and loaded.teacher is None
+    noise = rng.normal(size=(2, 2)).astype("float32")
+    np.testing.assert_allclose(  # its 2 DDIM steps by default, on the saved grid
+        loaded.generate(2, initial_noise=noise, seed=0, verbose=False, return_float=True),
+        second.generate(2, num_steps=2, initial_noise=noise, seed=0, verbose=False, return_float=True), atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="distilled for 2 steps"):
+        loaded.generate(2, num_steps=4, verbose=False)
+    with pytest.raises(ValueError, match="needs its teacher"):
+        loaded(np.zeros((2, 2), "float32"))
+    with pytest.raises(ValueError, match="even number"):
+        ProgressiveDistillation.from_teacher(teacher, num_steps=3)
+
+
 # ------------------------------------------------------------------ losses, saving, starting from teachers
 def test_pseudo_huber_loss_matches_its_formula(rng):
     model = kd.EDM(mlp(), loss_type="pseudo_huber")
@@ -180,24 +227,35 @@ def test_students_save_load_and_resume_their_schedule(tmp_path):
         loaded.generate(4, initial_noise=noise, seed=0, verbose=False, return_float=True),
         model.generate(4, initial_noise=noise, seed=0, verbose=False, return_float=True), atol=1e-5,
     )
-    net = build_unet((8, 8, 1), widths=(8, 16), num_res_blocks=1, attention_resolutions=(), norm_groups=4,
-                     interval_input=True)
-    meanflow = MeanFlow(net, seed=0)
+    meanflow = MeanFlow(_interval_mlp(), seed=0)
     meanflow.compile()
-    meanflow.fit(np.zeros((8, 8, 8, 1), "float32"), epochs=1, batch_size=4, verbose=0)
+    meanflow.fit(data, epochs=1, batch_size=16, verbose=0)
     meanflow.save(str(tmp_path / "mf.keras"))
     again = kd.load_model(str(tmp_path / "mf.keras"))
     assert isinstance(again, MeanFlow) and again.interval_fraction == 0.25
 
 
+def _randomize(network, rng):
+    """Random weights everywhere, the zero-initialized head's too, so that outputs depend on them."""
+    network.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") for w in network.get_weights()])
+
+
+def _interval_mlp(width=32):
+    x, t, h = keras.Input((2,), name="x"), keras.Input((), name="t"), keras.Input((), name="h")
+    feats = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t), keras.layers.Reshape((1,))(h)])
+    hidden = feats
+    for _ in range(3):
+        hidden = keras.layers.Dense(width, activation="silu")(hidden)
+    return keras.Model([x, t, h], keras.layers.Dense(2)(hidden))
+
+
 def test_consistency_tuning_starts_from_the_edm_teacher(rng):
-    net = build_unet((8, 8, 1), widths=(8, 16), num_res_blocks=1, attention_resolutions=(), norm_groups=4)
+    net = mlp()
+    _randomize(net, rng)
     teacher = kd.EDM(net, seed=0)
-    teacher.compile()
-    teacher.fit(rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32"), epochs=1, batch_size=8, verbose=0)
     student = ConsistencyModel.from_teacher(teacher, "ect", total_steps=10)
-    x = rng.normal(size=(4, 8, 8, 1)).astype("float32")
-    for sigma in (1.0, 10.0):  # away from sigma_min the two parameterizations agree
+    x = rng.normal(size=(64, 2)).astype("float32")
+    for sigma in (5.0, 20.0):  # away from sigma_min the two parameterizations agree
         np.testing.assert_allclose(
             ops.convert_to_numpy(student.denoise(x, sigma)), ops.convert_to_numpy(teacher.denoise(x, sigma)),
             rtol=2e-3, atol=2e-3,
@@ -207,9 +265,8 @@ def test_consistency_tuning_starts_from_the_edm_teacher(rng):
 
 def test_mean_flow_from_a_flow_model_starts_as_its_velocity(rng):
     net = build_unet((8, 8, 1), widths=(8, 16), num_res_blocks=1, attention_resolutions=(8,), norm_groups=4)
+    _randomize(net, rng)
     flow = kd.FlowMatching(net, seed=0)
-    flow.compile()
-    flow.fit(rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32"), epochs=1, batch_size=8, verbose=0)
     meanflow = MeanFlow.from_flow(flow, seed=0)
     x = rng.normal(size=(4, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(
@@ -251,12 +308,7 @@ def _mixture(n=4096):
 def test_small_models_learn_a_two_component_mixture(method):
     data = _mixture()
     if method == "meanflow":
-        x, t, h = keras.Input((2,), name="x"), keras.Input((), name="t"), keras.Input((), name="h")
-        feats = keras.layers.Concatenate()([x, keras.layers.Reshape((1,))(t), keras.layers.Reshape((1,))(h)])
-        hidden = feats
-        for _ in range(3):
-            hidden = keras.layers.Dense(128, activation="silu")(hidden)
-        model = MeanFlow(keras.Model([x, t, h], keras.layers.Dense(2)(hidden)), seed=0)
+        model = MeanFlow(_interval_mlp(128), seed=0)
     else:
         model = ConsistencyModel(mlp(width=128), total_steps=60 * 32, seed=0)
     model.compile(optimizer=kd.optimizers.AdamW(2e-3, use_ema=True, ema_momentum=0.99))

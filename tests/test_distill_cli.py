@@ -37,23 +37,36 @@ def test_train_few_step_models_from_scratch(family, model_class, tmp_path, capsy
     assert Image.open(grid).size == (2 * 10 + 2, 10 + 2)
 
 
+METHOD_FLAGS = {"progressive": ["--teacher-steps", "4", "--rounds", "2"], "reflow": ["--num-pairs", "8",
+                                                                                    "--pair-steps", "2"]}
+
+
 @pytest.mark.parametrize("method, teacher, student", [
-    ("ect", "edm", kd.ConsistencyModel), ("consistency", "edm", kd.ConsistencyModel), ("meanflow", "flow", kd.MeanFlow),
+    ("progressive", "edm", kd.ProgressiveDistillation), ("ect", "edm", kd.ConsistencyModel),
+    ("consistency", "edm", kd.ConsistencyModel), ("meanflow", "flow", kd.MeanFlow), ("reflow", "flow", kd.FlowMatching),
 ])
 def test_distill_writes_a_student_grids_and_a_log(method, teacher, student, teachers, tmp_path, capsys):
     out = tmp_path / method
     argv = ["distill", "--method", method, "--teacher", str(teachers / teacher / "model.keras"), "--dataset", "digits",
-            "--num-train-images", "8", "--batch-size", "8", "--epochs", "2", "--num-samples", "4", "--out", str(out)]
+            "--num-train-images", "8", "--batch-size", "8", "--epochs", "2", "--num-samples", "4", "--out", str(out),
+            *METHOD_FLAGS.get(method, [])]
     assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
     model = keras.saving.load_model(out / "model.keras")
     assert type(model) is student and model.image_shape == (8, 8, 1)
-    for steps in (1, 2, 4):
+    # A progressive student of 4 -> 2 -> 1 steps samples in 1 step only.
+    for steps in (1,) if method == "progressive" else (1, 2, 4):
         assert Image.open(out / f"samples_{steps}_steps.png").size == (22, 22)
         assert f"samples_{steps}_steps.png" in stdout
     log = json.loads((out / "train_log.json").read_text())
-    assert len(log["epochs"]) == 2 and log["args"]["method"] == method
-    assert not (out / "backup").exists()
+    assert log["args"]["method"] == method and not (out / "backup").exists()
+    if method == "progressive":
+        assert [r["steps"] for r in log["epochs"]] == [2, 1] and model.process.num_steps == 1
+        assert (out / "round_1" / "model.keras").is_file()
+    else:
+        assert len(log["epochs"]) == 2
+    if method == "reflow":
+        assert (out / "pairs.npz").is_file() and log["num_train_images"] == 8
     if method == "consistency":  # the teacher is used, not saved: the student holds only its own weights
         assert len(model.weights) == len(model.network.weights) + 1
 
@@ -68,3 +81,9 @@ def test_distill_errors(teachers, tmp_path, capsys):
     assert cli.main(["distill", "--method", "ect", "--teacher", str(tmp_path / "none.keras"),
                      "--out", str(tmp_path / "c")]) == 2
     assert "is not a file" in capsys.readouterr().err
+    assert cli.main(["distill", "--method", "progressive", "--teacher", edm, "--teacher-steps", "6", "--rounds", "2",
+                     "--dataset", "digits", "--num-train-images", "8", "--out", str(tmp_path / "d")]) == 2
+    assert "must be a multiple of 4" in capsys.readouterr().err
+    assert cli.main(["distill", "--method", "reflow", "--teacher", edm, "--dataset", "digits",
+                     "--num-train-images", "8", "--out", str(tmp_path / "e")]) == 2
+    assert "Reflow needs a flow-matching teacher" in capsys.readouterr().err

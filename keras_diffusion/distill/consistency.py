@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion.distill.untracked import Untracked
 from keras_diffusion.models.base import DiffusionModel
 from keras_diffusion.processes import EDMProcess
 from keras_diffusion.processes import append_dims
@@ -143,7 +144,7 @@ class ConsistencyModel(DiffusionModel):
     @property
     def teacher(self):
         """The teacher of `"cd"`, set by `set_teacher` (untracked: not saved with the student)."""
-        return self._teacher_holder[0]
+        return self._teacher_holder.value
 
     def set_teacher(self, teacher):
         """Sets the teacher of `"cd"` (a trained `DiffusionModel` of the student's sample shape).
@@ -164,7 +165,7 @@ class ConsistencyModel(DiffusionModel):
         if teacher is not None:
             teacher.trainable = False
         # A plain Python object hides the teacher from Keras' (and torch's) module tracking.
-        self._teacher_holder = _Untracked(teacher)
+        self._teacher_holder = Untracked(teacher)
 
     @classmethod
     def from_teacher(cls, teacher, method="ect", **kwargs):
@@ -312,12 +313,3 @@ class ConsistencyModel(DiffusionModel):
         )
         return config
 
-
-class _Untracked:
-    """Holds an object out of Keras' sight (`holder[0]`)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __getitem__(self, index):
-        return self.value
