@@ -13,9 +13,14 @@ Students (`keras_diffusion.distill`), each trained for `--student-steps`
 optimizer steps (batch 64, AdamW with EMA 0.995; the CPU minutes they take are
 reported):
 
+- `progressive`: progressive distillation of the EDM teacher's 8 DDIM steps,
+  three rounds of `--student-steps` each (4, 2, 1 steps; lr 2e-4); its 8-NFE
+  column is the teacher's own DDIM;
 - `ect`: consistency tuning of the EDM teacher (lr 2e-4);
 - `cd`: consistency distillation from the EDM teacher (lr 2e-4);
 - `meanflow`: MeanFlow started from the flow teacher (lr 2e-4);
+- `reflow`: the 2-rectified flow of the flow teacher, on one (noise, sample)
+  pair per training digit (25 Heun steps), sampled with Euler (lr 2e-4);
 - `ct`: consistency training from scratch (lr 1e-3);
 - `meanflow-scratch`: MeanFlow from scratch (lr 1e-3).
 
@@ -33,6 +38,7 @@ student's 1- and 2-step samples, `<backend>_<method>.png`.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -44,13 +50,19 @@ from benchmarks import compare
 from benchmarks import families
 
 STUDENTS = {
+    "progressive": ("edm", 2e-4),
     "ect": ("edm", 2e-4),
     "cd": ("edm", 2e-4),
     "meanflow": ("flow", 2e-4),
+    "reflow": ("flow", 2e-4),
     "ct": (None, 1e-3),
     "meanflow-scratch": (None, 1e-3),
 }
 STUDENT_STEPS = (1, 2, 4, 8)
+# Progressive distillation halves the EDM teacher's 8 DDIM steps in three rounds (4, 2, 1 steps).
+PROGRESSIVE_TEACHER_STEPS = 8
+# Reflow's pairs: one per training digit, 25 Heun steps (49 evaluations) of the flow teacher's ODE.
+REFLOW_PAIR_STEPS = 25
 TEACHER_SAMPLERS = {"edm": (("heun", 25), ("dpmpp_2m", 10)), "flow": (("euler", 50), ("dpmpp_2m", 10))}
 EMA = 0.995
 
@@ -116,6 +128,43 @@ class _StepLimit(families.CPUBudget):
             self.model.stop_training = True
 
 
+def progressive_rounds(teacher, images, args, work, lr, fid_of):
+    """Three rounds of progressive distillation from the teacher's 8 DDIM steps; FID after each."""
+    import keras_diffusion as kd
+    from keras_diffusion.files import save_model
+    from keras_diffusion.files import write_json
+
+    fid, _ = fid_of(teacher, "ddim", PROGRESSIVE_TEACHER_STEPS)
+    samples = [{"steps": PROGRESSIVE_TEACHER_STEPS, "nfe": PROGRESSIVE_TEACHER_STEPS, "fid": fid, "teacher": True}]
+    print(f"  progressive: the teacher's DDIM, {PROGRESSIVE_TEACHER_STEPS} NFE: FID {fid:.2f}", flush=True)
+    student, minutes, grids = teacher, 0.0, {}
+    for round_index in range(1, 4):
+        path = os.path.join(work, f"progressive_round_{round_index}.keras")
+        record = os.path.join(work, f"progressive_round_{round_index}.json")
+        if os.path.isfile(path) and os.path.isfile(record):  # a rerun after a kill keeps the finished rounds
+            student = kd.load_model(path)
+            with open(record) as file:
+                minutes += json.load(file)["cpu_minutes"]
+        else:
+            student = kd.ProgressiveDistillation.from_teacher(student, PROGRESSIVE_TEACHER_STEPS, seed=args.seed)
+            print(f"progressive round {round_index} ({2 * student.process.num_steps} -> "
+                  f"{student.process.num_steps} steps): {args.student_steps} steps ...", flush=True)
+            backup, training = train_steps(student, images, args.student_steps, lr,
+                                           os.path.join(work, f"progressive_round_{round_index}"), args.seed)
+            save_model(student, path)
+            write_json(record, training)
+            backup.delete()
+            minutes += training["cpu_minutes"]
+        steps = student.process.num_steps
+        fid, generated = fid_of(student, None, steps)
+        samples.append({"steps": steps, "nfe": steps, "fid": fid})
+        grids[steps] = generated[:32]
+        print(f"  progressive {steps} NFE: FID {fid:.2f}", flush=True)
+    np.save(os.path.join(work, "progressive_grid.npy"), np.concatenate([grids[1], grids[2]]))
+    return {"training": {"steps": 3 * args.student_steps, "cpu_minutes": round(minutes, 2)},
+            "samples": sorted(samples, key=lambda row: row["steps"]), "images_per_second": images_per_second(student, 1)}
+
+
 def images_per_second(model, num_steps, sampler=None, batch=250):
     """Samples per wall second at `num_steps`, after one warm-up call that compiles the loop."""
     model.generate(batch, sampler=sampler, num_steps=num_steps, seed=0, verbose=False)
@@ -138,7 +187,7 @@ def run(args):
     real, _ = metrics.mnist_held_out(image_size=families.IMAGE_SIZE, num_images=1000)
     real_features = keras.ops.convert_to_numpy(features(real))
     config = {"teacher_minutes": args.teacher_minutes, "student_steps": args.student_steps,
-              "num_images": args.num_images, "methods": list(args.methods), "seed": args.seed, "backend": backend}
+              "num_images": args.num_images, "seed": args.seed, "backend": backend}
     stages = PartialResults(os.path.join(work, "distillation.partial.json"), config)
     results = {"config": config, "machine": compare.machine_info(compare.Config()), "teachers": {}, "students": {}}
 
@@ -176,11 +225,17 @@ def run(args):
         path = os.path.join(work, f"{method}.keras")
 
         def student_stage():
+            if method == "progressive":
+                return progressive_rounds(teachers["edm"], train_images, args, work, lr, fid_of)
             teacher = teachers.get(kind)
             model = build_student(method, teacher, args.student_steps, args.seed)
+            data = train_images
+            if method == "reflow":
+                print(f"reflow: {len(train_images)} pairs ...", flush=True)
+                data = teacher.reflow_pairs(len(train_images), num_steps=REFLOW_PAIR_STEPS, seed=args.seed,
+                                            verbose=False)
             print(f"{method}: {args.student_steps} steps ...", flush=True)
-            backup, training = train_steps(model, train_images, args.student_steps, lr,
-                                           os.path.join(work, method), args.seed)
+            backup, training = train_steps(model, data, args.student_steps, lr, os.path.join(work, method), args.seed)
             save_model(model, path)
             backup.delete()
             row = {"training": training, "samples": []}
@@ -217,9 +272,11 @@ def markdown(results):
         else:
             speed = f"{row['images_per_second']:.0f}"
         origin = f"from the {kind} teacher" if kind else "from scratch"
+        teacher_nfe = {s["steps"] for s in row["samples"] if s.get("teacher")}
         lines.append(
             f"| {method} | {row['training']['steps']} steps {origin} | {row['training']['cpu_minutes']:.1f} | "
-            + " | ".join(f"{fids[n]:.2f}" for n in STUDENT_STEPS) + f" | {t50} | {t10} | {speed} |"
+            + " | ".join(f"{fids[n]:.2f}" + (" (teacher's DDIM)" if n in teacher_nfe else "") for n in STUDENT_STEPS)
+            + f" | {t50} | {t10} | {speed} |"
         )
     for kind, teacher in results["teachers"].items():
         lines.append(

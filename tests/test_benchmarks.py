@@ -306,3 +306,21 @@ def test_sd3_captions_resumes_per_finished_stage(tmp_path, monkeypatch):
     results = json.loads((tmp_path / f"{BACKEND}.json").read_text())
     assert [r["method"] for r in results["methods"]] == list(sd3_captions.METHODS)
     assert sorted(os.listdir(tmp_path)) == sorted([f"{BACKEND}.json", f"{BACKEND}.md"])
+
+
+def test_distillation_report_lists_each_student_against_its_teacher():
+    from benchmarks import distillation
+
+    teacher = {"training": {"steps": 10, "cpu_seconds": 60.0}, "images_per_second": 2.0,
+               "samples": [{"sampler": "heun", "steps": 25, "nfe": 49, "fid": 2.0},
+                           {"sampler": "dpmpp_2m", "steps": 10, "nfe": 10, "fid": 1.5}]}
+    students = {
+        "progressive": {"training": {"steps": 30, "cpu_minutes": 3.0}, "images_per_second": 300.0,
+                        "samples": [{"steps": n, "nfe": n, "fid": f, **({"teacher": True} if n == 8 else {})}
+                                    for n, f in ((1, 9.0), (2, 6.0), (4, 4.0), (8, 3.0))]},
+        "ct": {"training": {"steps": 10, "cpu_minutes": 1.0}, "images_per_second": 310.0,
+               "samples": [{"steps": n, "nfe": n, "fid": 20.0 / n} for n in (1, 2, 4, 8)]},
+    }
+    table = distillation.markdown({"teachers": {"edm": teacher}, "students": students})
+    assert "| progressive | 30 steps from the edm teacher | 3.0 | 9.00 | 6.00 | 4.00 | 3.00 (teacher's DDIM) | 2.00 | 1.50 | 300 (2.0) |" in table
+    assert "| ct | 10 steps from scratch | 1.0 | 20.00 | 10.00 | 5.00 | 2.50 | - | - | 310 |" in table

@@ -296,6 +296,12 @@ def test_clear_errors():
         MeanFlow.from_flow(kd.EDM(mlp()))
 
 
+def test_mean_flow_names_the_backends_with_jvp(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    with pytest.raises(ValueError, match="'numpy' backend does not have"):
+        MeanFlow(stand_in_interval(ExactMeanVelocity()))
+
+
 # ------------------------------------------------------------------ learning a 2-D mixture (slow)
 def _mixture(n=4096):
     rng = np.random.default_rng(0)

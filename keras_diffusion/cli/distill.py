@@ -125,12 +125,16 @@ def build_student(method, teacher, total_steps, seed):
     if method == "consistency":
         return ConsistencyModel.from_teacher(teacher, "cd", seed=seed)
     if method == "reflow":
-        return _reflow_student(teacher, seed)
+        return reflow_student(teacher, seed)
     return MeanFlow.from_flow(teacher, seed=seed)
 
 
-def _reflow_student(teacher, seed):
-    """A flow-matching copy of a flow teacher (network and EMA weights), to train on its pairs."""
+def reflow_student(teacher, seed):
+    """A flow-matching copy of a flow teacher (network and EMA weights), to train on its pairs.
+
+    Example:
+    >>> student = reflow_student(keras_diffusion.load_model("flow.keras"), seed=0)  # doctest: +SKIP
+    """
     import keras
 
     from keras_diffusion.models import FlowMatching

@@ -26,6 +26,10 @@ from keras_diffusion.processes import RectifiedFlow
 from keras_diffusion.processes import append_dims
 
 
+# The backends whose keras.ops.jvp works (numpy and openvino raise NotImplementedError).
+JVP_BACKENDS = ("jax", "tensorflow", "torch")
+
+
 def _has_interval_input(network):
     return "h" in [getattr(i, "name", "") for i in getattr(network, "inputs", None) or []]
 
@@ -76,6 +80,12 @@ class MeanFlow(DiffusionModel):
                  prediction_type="velocity", **kwargs):
         if process is None:
             process = RectifiedFlow(logit_mean=-0.4, logit_std=1.0)
+        backend = keras.backend.backend()
+        if backend not in JVP_BACKENDS:
+            raise ValueError(
+                f"MeanFlow trains through keras.ops.jvp, which the {backend!r} backend does not have. Set "
+                f"KERAS_BACKEND to one of {JVP_BACKENDS} (or pass --backend to the command line)."
+            )
         if getattr(process, "kind", None) != "flow":
             raise ValueError(
                 f"MeanFlow's average velocities live on a rectified flow; got a {type(process).__name__}. "
