@@ -41,9 +41,14 @@ METHOD_FLAGS = {"progressive": ["--teacher-steps", "4", "--rounds", "2"], "reflo
                                                                                     "--pair-steps", "2"]}
 
 
+# Each run compiles a train step and three sampling loops (30 s on JAX and TensorFlow): the methods whose
+# library paths tests/test_distill.py and tests/test_flow.py cover run with -m slow only.
 @pytest.mark.parametrize("method, teacher, student", [
-    ("progressive", "edm", kd.ProgressiveDistillation), ("ect", "edm", kd.ConsistencyModel),
-    ("consistency", "edm", kd.ConsistencyModel), ("meanflow", "flow", kd.MeanFlow), ("reflow", "flow", kd.FlowMatching),
+    ("progressive", "edm", kd.ProgressiveDistillation),
+    pytest.param("ect", "edm", kd.ConsistencyModel, marks=pytest.mark.slow),
+    pytest.param("consistency", "edm", kd.ConsistencyModel, marks=pytest.mark.slow),
+    ("meanflow", "flow", kd.MeanFlow),
+    pytest.param("reflow", "flow", kd.FlowMatching, marks=pytest.mark.slow),
 ])
 def test_distill_writes_a_student_grids_and_a_log(method, teacher, student, teachers, tmp_path, capsys):
     out = tmp_path / method

@@ -131,8 +131,9 @@ def test_stochastic_samplers_sample_the_data_distribution(name):
 
 
 # The score samplers nest loops (Langevin steps, RK45's adaptive while-loop) that take JAX ~10 s to
-# compile per call; tests/test_score.py checks them on the 2-D oracle.
-@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"langevin", "pc", "ode_rk45"}))
+# compile per call; tests/test_score.py checks them on the 2-D oracle. "meanflow" (deterministic) needs a
+# MeanFlow model's interval denoiser.
+@pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"langevin", "pc", "ode_rk45", "meanflow"}))
 def test_the_seed_reaches_every_step_of_stochastic_samplers(name):
     """Regression test: the seed must reach the per-step (SDE) noise.
 
