@@ -309,6 +309,20 @@ def _mixture(n=4096):
     return (centers + rng.normal(0, 0.15, (n, 2))).astype("float32")
 
 
+def _check_mixture_samples(out, data):
+    assert np.abs(out.mean(0)).max() < 0.1
+    assert np.abs(out.std(0) - data.std(0)).max() < 0.1
+    # Both components, and few samples between them.
+    assert 0.35 < np.mean(out[:, 0] > 0) < 0.65
+    assert np.mean(np.abs(out[:, 0]) < 0.15) < 0.2
+
+
+def _fit(model, data, epochs=60, lr=2e-3):
+    model.compile(optimizer=kd.optimizers.AdamW(lr, use_ema=True, ema_momentum=0.99))
+    model.fit(data, epochs=epochs, batch_size=128, verbose=0)
+    return model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ct", "meanflow"])
 def test_small_models_learn_a_two_component_mixture(method):
@@ -317,11 +331,23 @@ def test_small_models_learn_a_two_component_mixture(method):
         model = MeanFlow(_interval_mlp(128), seed=0)
     else:
         model = ConsistencyModel(mlp(width=128), total_steps=60 * 32, seed=0)
-    model.compile(optimizer=kd.optimizers.AdamW(2e-3, use_ema=True, ema_momentum=0.99))
-    model.fit(data, epochs=60, batch_size=128, verbose=0)
-    out = model.generate(4000, num_steps=2, seed=1, verbose=False, return_float=True)
-    assert np.abs(out.mean(0)).max() < 0.1
-    assert np.abs(out.std(0) - data.std(0)).max() < 0.1
-    # Both components, and few samples between them.
-    assert 0.35 < np.mean(out[:, 0] > 0) < 0.65
-    assert np.mean(np.abs(out[:, 0]) < 0.15) < 0.2
+    _fit(model, data)
+    _check_mixture_samples(model.generate(4000, num_steps=2, seed=1, verbose=False, return_float=True), data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ect", "cd", "progressive"])
+def test_students_of_a_small_teacher_learn_a_two_component_mixture(method):
+    data = _mixture()
+    teacher = _fit(kd.EDM(mlp(width=128), seed=0), data)
+    if method == "progressive":
+        # A round of progressive distillation reproduces the teacher's DDIM in half its steps: 8 -> 4.
+        student = _fit(ProgressiveDistillation.from_teacher(teacher, num_steps=8, seed=0), data, epochs=30, lr=5e-4)
+        out = student.generate(4000, seed=1, verbose=False, return_float=True)
+        reference = teacher.generate(4000, sampler="ddim", num_steps=8, seed=1, verbose=False, return_float=True)
+        assert np.abs(out.mean(0) - reference.mean(0)).max() < 0.03
+        assert np.abs(out.std(0) - reference.std(0)).max() < 0.03
+        return
+    student = ConsistencyModel.from_teacher(teacher, method, total_steps=30 * 32, seed=0)
+    _fit(student, data, epochs=30, lr=5e-4)
+    _check_mixture_samples(student.generate(4000, num_steps=2, seed=1, verbose=False, return_float=True), data)
