@@ -144,11 +144,8 @@ def reflow_student(teacher, seed):
             f"Reflow needs a flow-matching teacher; --teacher holds a {type(teacher).__name__}. Train one with "
             "`python -m keras_diffusion train flow`."
         )
-    network = keras.models.clone_model(teacher.network)
-    with teacher._ema_weights(True):
-        network.set_weights(teacher.network.get_weights())
     process = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(teacher.process))
-    return FlowMatching(network, process, num_classes=teacher.num_classes, seed=seed)
+    return FlowMatching(teacher.copy_network(), process, num_classes=teacher.num_classes, seed=seed)
 
 
 def reflow_pairs(args, teacher):

@@ -193,10 +193,7 @@ class ConsistencyModel(DiffusionModel):
             )
         if method not in ("ect", "cd"):
             raise ValueError(f"from_teacher trains with 'ect' or 'cd'; received method={method!r}.")
-        network = keras.models.clone_model(teacher.network)
-        if is_edm:
-            with teacher._ema_weights(True):
-                network.set_weights(teacher.network.get_weights())
+        network = teacher.copy_network(with_weights=is_edm)
         process = teacher.process
         if is_edm:
             sigma_min, sigma_max = process.sigma_range

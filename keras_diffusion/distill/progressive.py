@@ -191,11 +191,8 @@ class ProgressiveDistillation(DiffusionModel):
             raise ValueError(
                 f"The teacher takes {steps} step(s); progressive distillation halves an even number of steps."
             )
-        network = keras.models.clone_model(teacher.network)
-        with teacher._ema_weights(True):
-            network.set_weights(teacher.network.get_weights())
         return cls(
-            network, DistilledGrid(base, teacher_sigmas[::2]), prediction_type=teacher.prediction_type,
+            teacher.copy_network(), DistilledGrid(base, teacher_sigmas[::2]), prediction_type=teacher.prediction_type,
             teacher=teacher, teacher_sigmas=teacher_sigmas, num_classes=teacher.num_classes,
             image_shape=teacher.image_shape, seed=seed,
         )

@@ -659,6 +659,18 @@ class DiffusionModel(keras.Model):
     def _ema_weights(self, use_ema):
         return _EMASwap(self, use_ema)
 
+    def copy_network(self, with_weights=True):
+        """A fresh copy of the network; with its (EMA, when kept) weights, for a student to start from.
+
+        Example:
+        >>> student_network = teacher.copy_network()  # doctest: +SKIP
+        """
+        network = keras.models.clone_model(self.network)
+        if with_weights:
+            with self._ema_weights(True):
+                network.set_weights(self.network.get_weights())
+        return network
+
     # ------------------------------------------------------------ serialization
     def get_config(self):
         config = super().get_config()
